@@ -1,0 +1,210 @@
+//! The command line: `serve`, `verify`, `plugins`, and the database commands.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{default_cache_dir, FileConfig};
+use crate::request::{parse_body, BodyError};
+use crate::sandbox::{CallError, Sandbox};
+
+/// idgate authenticates cloud workspace agents by their machine's instance identity.
+#[derive(Debug, Parser)]
+#[command(name = "idgate", version, about)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command understands.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Configuration file (TOML).
+    #[arg(long, global = true, env = "IDGATE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Directory of plugin `.wasm` files [default: ~/.local/share/idgate/plugins].
+    #[arg(long, global = true, env = "IDGATE_PLUGINS")]
+    pub plugins: Option<PathBuf>,
+    /// Directory for compiled plugins [default: ~/.cache/idgate].
+    #[arg(long, global = true, env = "IDGATE_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// PostgreSQL URL; without one idgate runs its own embedded cluster.
+    #[arg(long, global = true, env = "IDGATE_DATABASE_URL")]
+    pub database_url: Option<String>,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Verify one request body (read from stdin) and print the identity as JSON.
+    Verify(VerifyArgs),
+    /// List the loaded plugins.
+    Plugins,
+}
+
+/// `idgate verify`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Provider: aws, azure, gcp, or a drop-in plugin's name.
+    pub provider: String,
+    /// Verification time (RFC 3339) instead of now, e.g. for an old credential.
+    #[arg(long)]
+    pub at: Option<String>,
+}
+
+/// Runs the command line; the exit code is 0 on success, 1 when a credential is
+/// refused, 2 on usage and configuration errors.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => return fail(2, &format!("cannot start the runtime: {e}")),
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => fail(2, &format!("{e:#}")),
+    }
+}
+
+fn fail(code: u8, message: &str) -> ExitCode {
+    eprintln!("idgate: {message}");
+    ExitCode::from(code)
+}
+
+/// Settings resolved from flags, environment and the config file, in that order.
+pub struct Settings {
+    /// The config file's contents.
+    pub file: FileConfig,
+    /// Plugin directory.
+    pub plugins: PathBuf,
+    /// Compiled-plugin cache directory.
+    pub cache_dir: PathBuf,
+    /// Database URL, if any.
+    pub database_url: Option<String>,
+}
+
+impl Settings {
+    /// Resolves the global options.
+    pub fn resolve(global: &GlobalArgs) -> anyhow::Result<Settings> {
+        let file = FileConfig::load(global.config.as_deref())?;
+        let plugins = global
+            .plugins
+            .clone()
+            .or_else(|| file.host.plugins.clone())
+            .unwrap_or_else(default_plugin_dir);
+        let cache_dir = global
+            .cache_dir
+            .clone()
+            .or_else(|| file.host.cache_dir.clone())
+            .unwrap_or_else(default_cache_dir);
+        let database_url = global.database_url.clone().or_else(|| file.host.database_url.clone());
+        Ok(Settings {
+            file,
+            plugins,
+            cache_dir,
+            database_url,
+        })
+    }
+
+    /// Loads the plugins under the configured limits.
+    pub fn sandbox(&self) -> anyhow::Result<Sandbox> {
+        Sandbox::load(&self.plugins, Some(&self.cache_dir), self.file.host.sandbox.limits())
+    }
+}
+
+fn default_plugin_dir() -> PathBuf {
+    let data = std::env::var_os("XDG_DATA_HOME")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    data.join("idgate/plugins")
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let settings = Settings::resolve(&cli.global)?;
+    match cli.command {
+        Command::Verify(args) => verify(&settings, args).await,
+        Command::Plugins => {
+            let sandbox = settings.sandbox()?;
+            for p in sandbox.plugins() {
+                println!(
+                    "{:<12} contract {}  sha256 {}  {}{}",
+                    p.provider,
+                    p.contract,
+                    &p.sha256[..16],
+                    p.path.display(),
+                    if p.cached { "  (cached)" } else { "" }
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn verify(settings: &Settings, args: VerifyArgs) -> anyhow::Result<ExitCode> {
+    let now = match &args.at {
+        Some(at) => idgate_plugin_kit::time::parse_rfc3339(at)
+            .with_context(|| format!("--at {at:?} is not an RFC 3339 time (e.g. 2022-04-19T03:00:00Z)"))?,
+        None => unix_now(),
+    };
+    let sandbox = Arc::new(settings.sandbox()?);
+    if !sandbox.has(&args.provider) {
+        anyhow::bail!(
+            "no plugin for provider {:?} in {} (loaded: {:?})",
+            args.provider,
+            settings.plugins.display(),
+            sandbox.plugins().iter().map(|p| p.provider.clone()).collect::<Vec<_>>()
+        );
+    }
+    let mut body = Vec::new();
+    std::io::stdin()
+        .take(16 << 20)
+        .read_to_end(&mut body)
+        .context("reading the request body from stdin")?;
+    let parsed = match parse_body(&args.provider, &body) {
+        Ok(p) => p,
+        Err(BodyError::InvalidJson(e)) => return Ok(fail(1, &format!("request body must be valid JSON: {e}"))),
+        Err(BodyError::Validation(v)) => {
+            let fields: Vec<_> = v.iter().map(|v| v.field.as_str()).collect();
+            return Ok(fail(1, &format!("validation failed: missing or empty {fields:?}")));
+        }
+    };
+    let config = settings.file.provider(&args.provider).to_string();
+    match sandbox
+        .verify_async(&args.provider, parsed.credential, config, now)
+        .await
+    {
+        Ok(identity) => {
+            let attributes: serde_json::Map<String, serde_json::Value> = identity
+                .attributes
+                .into_iter()
+                .map(|(k, v)| (k, serde_json::Value::String(v)))
+                .collect();
+            let out = serde_json::json!({
+                "provider": args.provider,
+                "instance_id": identity.instance_id,
+                "attributes": attributes,
+                "agent_name": parsed.agent_name,
+                "verified_at": idgate_plugin_kit::time::format_rfc3339(now),
+            });
+            println!("{}", serde_json::to_string_pretty(&out)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(CallError::Rejected(e @ idgate_plugin_kit::VerifyError::BadConfig(_))) => Ok(fail(2, &e.to_string())),
+        Err(e) => Ok(fail(1, &e.to_string())),
+    }
+}
+
+/// Seconds since the Unix epoch, from the host's clock.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}

@@ -1,0 +1,175 @@
+//! idgate's configuration file (TOML). Host settings are top-level keys and
+//! tables; every other table is a provider block (`[aws]`, `[azure]`, `[gcp]`, or a
+//! drop-in plugin's name) handed to that plugin as JSON on every call.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use serde::Deserialize;
+
+use crate::sandbox::Limits;
+
+/// The parsed configuration file.
+#[derive(Debug, Clone, Default)]
+pub struct FileConfig {
+    /// Host settings.
+    pub host: HostConfig,
+    /// Provider blocks by provider name, as JSON objects.
+    pub providers: BTreeMap<String, serde_json::Value>,
+}
+
+/// Top-level host keys; every one can also be set by a flag or `IDGATE_*` variable.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostConfig {
+    /// Listen address of `idgate serve`.
+    pub listen: Option<String>,
+    /// PostgreSQL URL; absent means the embedded cluster.
+    pub database_url: Option<String>,
+    /// Directory of plugin `.wasm` files.
+    pub plugins: Option<PathBuf>,
+    /// Directory for compiled plugins.
+    pub cache_dir: Option<PathBuf>,
+    /// Log format: `pretty` or `json`.
+    pub log_format: Option<String>,
+    /// Sandbox limits.
+    #[serde(default)]
+    pub sandbox: SandboxConfig,
+    /// HTTP and database limits.
+    #[serde(default)]
+    pub limits: ServeLimits,
+}
+
+/// `[sandbox]`: per-call limits for plugins.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxConfig {
+    /// Memory cap of one plugin call, MiB (default 64).
+    pub memory_mib: Option<usize>,
+    /// CPU deadline of one plugin call, ms (default 500).
+    pub deadline_ms: Option<u64>,
+    /// Plugin calls running at once (default: number of cores).
+    pub max_concurrent: Option<usize>,
+}
+
+impl SandboxConfig {
+    /// The sandbox limits, defaults filled in.
+    pub fn limits(&self) -> Limits {
+        let d = Limits::default();
+        Limits {
+            memory_bytes: self.memory_mib.map_or(d.memory_bytes, |m| m << 20),
+            deadline: self.deadline_ms.map_or(d.deadline, Duration::from_millis),
+            max_concurrent: self.max_concurrent.unwrap_or(d.max_concurrent),
+        }
+    }
+}
+
+/// `[limits]`: request and database limits of `idgate serve`.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeLimits {
+    /// Largest request body, bytes (default 65536).
+    pub max_body_bytes: Option<usize>,
+    /// Whole-request timeout, ms (default 10000).
+    pub request_timeout_ms: Option<u64>,
+    /// Database pool size (default 10).
+    pub db_max_connections: Option<u32>,
+    /// How long a request waits for a pooled connection before 503, ms (default 2000).
+    pub db_acquire_timeout_ms: Option<u64>,
+}
+
+const HOST_KEYS: &[&str] = &[
+    "listen",
+    "database_url",
+    "plugins",
+    "cache_dir",
+    "log_format",
+    "sandbox",
+    "limits",
+];
+
+impl FileConfig {
+    /// Reads `path`; `None` gives the defaults.
+    pub fn load(path: Option<&Path>) -> anyhow::Result<FileConfig> {
+        let Some(path) = path else {
+            return Ok(FileConfig::default());
+        };
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
+        Self::parse(&text).with_context(|| format!("in config file {}", path.display()))
+    }
+
+    /// Parses TOML text.
+    pub fn parse(text: &str) -> anyhow::Result<FileConfig> {
+        let table: toml::Table = text.parse()?;
+        let mut host = toml::Table::new();
+        let mut providers = BTreeMap::new();
+        for (key, value) in table {
+            if HOST_KEYS.contains(&key.as_str()) {
+                host.insert(key, value);
+            } else if let toml::Value::Table(block) = value {
+                providers.insert(key, serde_json::to_value(block)?);
+            } else {
+                bail!("unknown key {key:?}: host keys are {HOST_KEYS:?}; provider settings go in a [provider] table");
+            }
+        }
+        Ok(FileConfig {
+            host: toml::Value::Table(host).try_into()?,
+            providers,
+        })
+    }
+
+    /// The provider block for `provider` (`{}` when absent).
+    pub fn provider(&self, provider: &str) -> serde_json::Value {
+        self.providers
+            .get(provider)
+            .cloned()
+            .unwrap_or_else(|| serde_json::Value::Object(Default::default()))
+    }
+}
+
+/// Where compiled plugins are cached by default: `$XDG_CACHE_HOME/idgate` or
+/// `~/.cache/idgate`.
+pub fn default_cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir).join("idgate");
+    }
+    match std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+        Some(home) => PathBuf::from(home).join(".cache/idgate"),
+        None => std::env::temp_dir().join("idgate-cache"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_keys_and_provider_blocks() {
+        let c = FileConfig::parse(
+            r#"
+            listen = "127.0.0.1:9000"
+            [sandbox]
+            deadline_ms = 250
+            [aws]
+            allowed_accounts = ["1"]
+            [aws.certificates]
+            "us-east-1" = "PEM"
+            [gcp]
+            audience = "coder"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.host.listen.as_deref(), Some("127.0.0.1:9000"));
+        assert_eq!(c.host.sandbox.limits().deadline, Duration::from_millis(250));
+        assert_eq!(c.provider("aws")["certificates"]["us-east-1"], "PEM");
+        assert_eq!(c.provider("azure"), serde_json::json!({}));
+    }
+
+    #[test]
+    fn typos_are_errors() {
+        assert!(FileConfig::parse("listn = \"x\"").is_err());
+        assert!(FileConfig::parse("[sandbox]\ndeadline = 5").is_err());
+    }
+}

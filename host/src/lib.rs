@@ -1,0 +1,11 @@
+//! idgate: instance-identity authentication for workspace agents.
+//!
+//! A request's path: [`request`] splits Coder's body, [`sandbox`] runs the
+//! provider's plugin (which borrows [`crypto`]) and yields the instance ID, the
+//! database resolves it to one agent's token. See ARCHITECTURE.md.
+
+pub mod cli;
+pub mod config;
+pub mod crypto;
+pub mod request;
+pub mod sandbox;

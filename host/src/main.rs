@@ -1,0 +1,5 @@
+//! The `idgate` binary.
+
+fn main() -> std::process::ExitCode {
+    idgate::cli::main()
+}

@@ -1,0 +1,8 @@
+//! One test binary for everything: real plugin components in the real sandbox,
+//! and a real PostgreSQL cluster shared by the binary (a fresh database per test).
+
+mod aws;
+mod azure;
+mod gcp;
+mod resolve;
+mod sandbox;

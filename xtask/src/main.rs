@@ -1,0 +1,165 @@
+//! `cargo xtask <task>`: the project's one entry point for building and testing.
+//!
+//! - `plugins [NAME..]` builds provider plugins (default: all, plus the test
+//!   fixtures) for wasm32-wasip2 and installs them into `target/plugins/` (real
+//!   providers) and `target/test-plugins/` (real providers and fixtures).
+//! - `build` builds the plugins and the release host.
+//! - `run [ARGS..]` builds, then runs `idgate serve` on the built plugins
+//!   (extra arguments go to `serve`).
+//! - `test [ARGS..]` builds the plugins and runs every test (extra arguments go
+//!   to `cargo test`).
+//! - `ci` checks formatting and lints, then runs `test`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+/// Plugin crates: (short name, package, is a test fixture).
+const PLUGINS: &[(&str, &str, bool)] = &[
+    ("aws", "idgate-plugin-aws", false),
+    ("azure", "idgate-plugin-azure", false),
+    ("gcp", "idgate-plugin-gcp", false),
+    ("misbehave", "idgate-fixture-misbehave", true),
+];
+
+const WASM_TARGET: &str = "wasm32-wasip2";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (task, rest) = match args.split_first() {
+        Some((t, r)) => (t.as_str(), r),
+        None => ("help", &[][..]),
+    };
+    let result = match task {
+        "plugins" => plugins(rest),
+        "build" => plugins(&[]).and_then(|()| cargo(&["build", "--release", "-p", "idgate"])),
+        "run" => run(rest),
+        "test" => test(rest),
+        "ci" => ci(),
+        _ => {
+            eprintln!("usage: cargo xtask <plugins [NAME..] | build | run [ARGS..] | test [ARGS..] | ci>");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type Result<T = ()> = std::result::Result<T, String>;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"))
+}
+
+fn cargo(args: &[&str]) -> Result {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    eprintln!("+ cargo {}", args.join(" "));
+    let status = Command::new(cargo)
+        .args(args)
+        .current_dir(root())
+        .status()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("cargo {} failed ({status})", args.join(" ")))
+    }
+}
+
+fn plugins(names: &[String]) -> Result {
+    let chosen: Vec<_> = if names.is_empty() {
+        PLUGINS.to_vec()
+    } else {
+        names
+            .iter()
+            .map(|n| {
+                PLUGINS
+                    .iter()
+                    .find(|(short, _, _)| short == n)
+                    .copied()
+                    .ok_or_else(|| format!("unknown plugin {n:?}"))
+            })
+            .collect::<Result<_>>()?
+    };
+    let mut args = vec!["build", "--release", "--target", WASM_TARGET];
+    for (_, package, _) in &chosen {
+        args.extend(["-p", package]);
+    }
+    cargo(&args)?;
+    let built = target_dir().join(WASM_TARGET).join("release");
+    let real = target_dir().join("plugins");
+    let test = target_dir().join("test-plugins");
+    for dir in [&real, &test] {
+        std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    }
+    for (short, package, fixture) in chosen {
+        let file = built.join(format!("{}.wasm", package.replace('-', "_")));
+        let mut dests = vec![test.join(format!("{short}.wasm"))];
+        if !fixture {
+            dests.push(real.join(format!("{short}.wasm")));
+        }
+        for dest in dests {
+            std::fs::copy(&file, &dest)
+                .map_err(|e| format!("copying {} to {}: {e}", file.display(), dest.display()))?;
+        }
+        eprintln!("installed {short}.wasm");
+    }
+    Ok(())
+}
+
+fn run(extra: &[String]) -> Result {
+    plugins(&[])?;
+    let plugin_dir = target_dir().join("plugins");
+    let mut args = vec![
+        "run",
+        "--release",
+        "-p",
+        "idgate",
+        "--",
+        "--plugins",
+        plugin_dir.to_str().ok_or("target path is not UTF-8")?,
+        "serve",
+    ];
+    args.extend(extra.iter().map(String::as_str));
+    cargo(&args)
+}
+
+fn test(extra: &[String]) -> Result {
+    plugins(&[])?;
+    let mut args = vec!["test", "--workspace"];
+    args.extend(extra.iter().map(String::as_str));
+    cargo(&args)
+}
+
+fn ci() -> Result {
+    cargo(&["fmt", "--all", "--check"])?;
+    cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
+    cargo(&[
+        "clippy",
+        "--target",
+        WASM_TARGET,
+        "-p",
+        "idgate-plugin-aws",
+        "-p",
+        "idgate-plugin-azure",
+        "-p",
+        "idgate-plugin-gcp",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
+    test(&[])
+}
