@@ -91,18 +91,66 @@ const HOST_KEYS: &[&str] = &[
 ];
 
 impl FileConfig {
-    /// Reads `path`; `None` gives the defaults.
-    pub fn load(path: Option<&Path>) -> anyhow::Result<FileConfig> {
-        let Some(path) = path else {
-            return Ok(FileConfig::default());
-        };
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
-        Self::parse(&text).with_context(|| format!("in config file {}", path.display()))
-    }
-
     /// Parses TOML text.
     pub fn parse(text: &str) -> anyhow::Result<FileConfig> {
-        let table: toml::Table = text.parse()?;
+        Self::from_table(text.parse()?)
+    }
+
+    /// Reads `path` (if any), then overlays `IDGATE_*` environment variables:
+    /// `IDGATE_LISTEN`, `IDGATE_LOG_FORMAT`, `IDGATE_SANDBOX_DEADLINE_MS`,
+    /// `IDGATE_LIMITS_MAX_BODY_BYTES`, ... for host keys and
+    /// `IDGATE_<PROVIDER>_<KEY>` (e.g. `IDGATE_GCP_AUDIENCE`) for provider keys.
+    /// Values are read as TOML values (`5`, `true`, `["a","b"]`), else as strings.
+    /// The variables behind command-line flags (`IDGATE_CONFIG`, `IDGATE_PLUGINS`,
+    /// `IDGATE_CACHE_DIR`, `IDGATE_DATABASE_URL`) are left to the flags.
+    pub fn load_with_env(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> anyhow::Result<FileConfig> {
+        let mut table: toml::Table = match path {
+            Some(path) => std::fs::read_to_string(path)
+                .with_context(|| format!("reading config file {}", path.display()))?
+                .parse()
+                .with_context(|| format!("in config file {}", path.display()))?,
+            None => toml::Table::new(),
+        };
+        for (name, raw) in env {
+            let Some(key) = name.strip_prefix("IDGATE_") else {
+                continue;
+            };
+            let key = key.to_ascii_lowercase();
+            if ["config", "plugins", "cache_dir", "database_url"].contains(&key.as_str()) {
+                continue;
+            }
+            let value = format!("v = {raw}")
+                .parse::<toml::Table>()
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .unwrap_or(toml::Value::String(raw));
+            let (section, field) = match key.split_once('_') {
+                _ if HOST_KEYS.contains(&key.as_str()) => (None, key.as_str()),
+                Some((section, field)) => (Some(section), field),
+                None => bail!("environment variable {name} names no setting"),
+            };
+            match section {
+                None => {
+                    table.insert(field.to_string(), value);
+                }
+                Some(section) => {
+                    let block = table
+                        .entry(section.to_string())
+                        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                    let toml::Value::Table(block) = block else {
+                        bail!("{name}: {section} is not a table");
+                    };
+                    block.insert(field.to_string(), value);
+                }
+            }
+        }
+        Self::from_table(table).context("in the configuration (file and IDGATE_* variables)")
+    }
+
+    fn from_table(table: toml::Table) -> anyhow::Result<FileConfig> {
         let mut host = toml::Table::new();
         let mut providers = BTreeMap::new();
         for (key, value) in table {
@@ -165,6 +213,25 @@ mod tests {
         assert_eq!(c.host.sandbox.limits().deadline, Duration::from_millis(250));
         assert_eq!(c.provider("aws")["certificates"]["us-east-1"], "PEM");
         assert_eq!(c.provider("azure"), serde_json::json!({}));
+    }
+
+    #[test]
+    fn environment_overlays_the_file() {
+        let env = [
+            ("IDGATE_LISTEN", "0.0.0.0:1"),
+            ("IDGATE_SANDBOX_DEADLINE_MS", "99"),
+            ("IDGATE_GCP_AUDIENCE", "my-aud"),
+            ("IDGATE_AWS_ALLOWED_ACCOUNTS", r#"["1", "2"]"#),
+            ("IDGATE_PLUGINS", "/ignored/here"),
+            ("HOME", "/root"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()));
+        let c = FileConfig::load_with_env(None, env).unwrap();
+        assert_eq!(c.host.listen.as_deref(), Some("0.0.0.0:1"));
+        assert_eq!(c.host.sandbox.deadline_ms, Some(99));
+        assert_eq!(c.provider("gcp")["audience"], "my-aud");
+        assert_eq!(c.provider("aws")["allowed_accounts"], serde_json::json!(["1", "2"]));
+        assert_eq!(c.host.plugins, None);
     }
 
     #[test]

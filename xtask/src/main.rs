@@ -9,6 +9,8 @@
 //! - `test [ARGS..]` builds the plugins and runs every test (extra arguments go
 //!   to `cargo test`).
 //! - `ci` checks formatting and lints, then runs `test`.
+//! - `bench` builds the plugins and runs the benchmarks (release), which write
+//!   `BENCHMARKS.md`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -35,8 +37,9 @@ fn main() -> ExitCode {
         "run" => run(rest),
         "test" => test(rest),
         "ci" => ci(),
+        "bench" => plugins(&[]).and_then(|()| cargo(&["run", "--release", "-p", "idgate-bench"])),
         _ => {
-            eprintln!("usage: cargo xtask <plugins [NAME..] | build | run [ARGS..] | test [ARGS..] | ci>");
+            eprintln!("usage: cargo xtask <plugins [NAME..] | build | run [ARGS..] | test [ARGS..] | ci | bench>");
             return ExitCode::from(2);
         }
     };

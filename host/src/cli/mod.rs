@@ -92,7 +92,7 @@ pub struct Settings {
 impl Settings {
     /// Resolves the global options.
     pub fn resolve(global: &GlobalArgs) -> anyhow::Result<Settings> {
-        let file = FileConfig::load(global.config.as_deref())?;
+        let file = FileConfig::load_with_env(global.config.as_deref(), std::env::vars())?;
         let plugins = global
             .plugins
             .clone()
