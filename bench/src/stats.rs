@@ -44,7 +44,7 @@ pub fn fmt(d: Duration) -> String {
 pub fn side_by_side(rounds: usize, per_round: usize, mut a: impl FnMut(), mut b: impl FnMut()) -> (Summary, Summary) {
     let mut ra = Vec::with_capacity(rounds);
     let mut rb = Vec::with_capacity(rounds);
-    let mut time = |f: &mut dyn FnMut()| {
+    let time = |f: &mut dyn FnMut()| {
         let mut calls: Vec<Duration> = (0..per_round)
             .map(|_| {
                 let t = Instant::now();

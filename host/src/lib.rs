@@ -7,5 +7,6 @@
 pub mod cli;
 pub mod config;
 pub mod crypto;
+pub mod jwks;
 pub mod request;
 pub mod sandbox;

@@ -1,16 +1,124 @@
-//! GCP instance identity verifier (placeholder until its issue lands).
+//! GCP instance identity: the Google-signed JWT a VM's metadata server issues
+//! (`instance/service-accounts/default/identity?audience=…&format=full`).
+//!
+//! The token's signature is checked with Google's keys, which the host fetches,
+//! caches and passes in the configuration as `jwks`; the RSA arithmetic is done
+//! by the host through the crypto import. See README.md for the configuration.
+
+mod config;
+mod jwt_crypto;
+mod key_set;
+mod rsa_spki;
+mod token;
 
 use idgate_plugin_kit::{Crypto, Identity, Provider, VerifyError};
+use serde::Deserialize;
+
+pub use config::{DEFAULT_AUDIENCE, DEFAULT_SKEW_SECS};
+pub use key_set::UNKNOWN_KID_PREFIX;
+
+/// Largest token accepted; Google's are about 1 KiB.
+pub const MAX_TOKEN_LEN: usize = 16 * 1024;
 
 /// The GCP provider.
 pub struct Gcp;
 
+/// The request's provider fields (Coder's body without `agent_name`).
+#[derive(Deserialize)]
+struct Credential {
+    json_web_token: String,
+}
+
 impl Provider for Gcp {
     const NAME: &'static str = "gcp";
 
-    fn verify(_crypto: &dyn Crypto, _credential: &str, _config: &str, _now: i64) -> Result<Identity, VerifyError> {
-        Err(VerifyError::BadConfig("the GCP verifier is not implemented yet".into()))
+    fn verify(crypto: &dyn Crypto, credential: &str, config: &str, now: i64) -> Result<Identity, VerifyError> {
+        let config = config::Config::parse(config)?;
+        if credential.len() > MAX_TOKEN_LEN * 2 {
+            return Err(VerifyError::Malformed("credential too large".into()));
+        }
+        let credential: Credential = serde_json::from_str(credential).map_err(|e| {
+            VerifyError::Malformed(format!("credential: expected {{\"json_web_token\": \"...\"}}: {e}"))
+        })?;
+        let token = credential.json_web_token.trim();
+        if token.is_empty() {
+            return Err(VerifyError::Malformed("json_web_token is empty".into()));
+        }
+        if token.len() > MAX_TOKEN_LEN {
+            return Err(VerifyError::Malformed(format!(
+                "json_web_token is {} bytes, over the {MAX_TOKEN_LEN}-byte limit",
+                token.len()
+            )));
+        }
+
+        let claims = token::verify(crypto, token, &config)?;
+        check_times(claims.exp, claims.iat, now, config.skew_secs)?;
+
+        let vm = claims.google.and_then(|g| g.compute_engine);
+        let Some(vm) = vm.filter(|vm| vm.instance_id.as_deref().is_some_and(|id| !id.is_empty())) else {
+            return Err(VerifyError::UntrustedSigner(
+                "token has no google.compute_engine.instance_id: request it with format=full".into(),
+            ));
+        };
+        allow("project", vm.project_id.as_deref(), config.allowed_projects.as_deref())?;
+        allow("zone", vm.zone.as_deref(), config.allowed_zones.as_deref())?;
+
+        let mut identity = Identity::new(vm.instance_id.unwrap_or_default());
+        for (name, value) in [
+            ("project_id", vm.project_id),
+            ("zone", vm.zone),
+            ("instance_name", vm.instance_name),
+            ("email", claims.email),
+        ] {
+            if let Some(value) = value {
+                identity = identity.with(name, value);
+            }
+        }
+        Ok(identity)
+    }
+}
+
+/// `exp` must not have passed and `iat` must not lie ahead, both give or take `skew`.
+fn check_times(exp: i64, iat: i64, now: i64, skew: i64) -> Result<(), VerifyError> {
+    if now > exp.saturating_add(skew) {
+        return Err(VerifyError::Expired(format!(
+            "token expired at {} (now {}, skew {skew}s)",
+            when(exp),
+            when(now)
+        )));
+    }
+    if iat > now.saturating_add(skew) {
+        return Err(VerifyError::Expired(format!(
+            "token issued in the future at {} (now {}, skew {skew}s)",
+            when(iat),
+            when(now)
+        )));
+    }
+    Ok(())
+}
+
+/// A time for messages: RFC 3339 within years 0..=9999, else raw seconds.
+fn when(unix: i64) -> String {
+    if (-62_167_219_200..=253_402_300_799).contains(&unix) {
+        idgate_plugin_kit::time::format_rfc3339(unix)
+    } else {
+        format!("{unix} (Unix seconds)")
+    }
+}
+
+/// Refuses `value` when an allow-list is configured and does not contain it.
+fn allow(what: &str, value: Option<&str>, list: Option<&[String]>) -> Result<(), VerifyError> {
+    let Some(list) = list else { return Ok(()) };
+    match value {
+        Some(v) if list.iter().any(|a| a == v) => Ok(()),
+        Some(v) => Err(VerifyError::Refused(format!("{what} {v:?} is not in allowed_{what}s"))),
+        None => Err(VerifyError::Refused(format!(
+            "token names no {what}, and allowed_{what}s is set"
+        ))),
     }
 }
 
 idgate_plugin_kit::export_provider!(Gcp);
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,572 @@
+//! Google's signing keys for the `gcp` plugin.
+//!
+//! Plugins have no network, so the host fetches Google's JWKS (or reads it from a
+//! file for offline use), caches it for as long as the response's `Cache-Control:
+//! max-age` (or `Expires`) allows, and hands it to the plugin on every call as the
+//! `jwks` member of its configuration ([`KeyCache::inject`]).
+//!
+//! Flow per request (see `authenticate.rs`): [`KeyCache::key_set`] → inject →
+//! plugin. If the plugin answers `untrusted-signer` with [`UNKNOWN_KID_MARKER`] in
+//! its reason (Google rotated in a key since the last fetch),
+//! [`KeyCache::refresh_for_unknown_kid`] refetches at most once per
+//! `jwks_min_refresh_secs`, and the call is retried once if it did.
+//!
+//! Failures: a refresh that fails keeps serving the last good set until its
+//! expiry plus a grace period (one hour by default); after that, and when no set
+//! was ever had, [`KeysUnavailable`] (HTTP 503, not 401: the credential may be
+//! fine).
+
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use serde_json::{Map, Value};
+
+/// Where Google publishes the keys that sign identity tokens.
+pub const DEFAULT_JWKS_URL: &str = "https://www.googleapis.com/oauth2/v3/certs";
+
+/// What the GCP plugin's reason contains when the token's `kid` is not in the
+/// key set it was given (`plugins/gcp/src/key_set.rs`, `UNKNOWN_KID_PREFIX`).
+pub const UNKNOWN_KID_MARKER: &str = "unknown signing key id";
+
+/// `[gcp]` keys that configure this cache and are not passed to the plugin.
+pub const HOST_KEYS: [&str; 3] = ["jwks_url", "jwks_file", "jwks_min_refresh_secs"];
+
+/// Default least time between two refreshes forced by unknown `kid`s.
+pub const DEFAULT_MIN_REFRESH: Duration = Duration::from_secs(60);
+
+/// How long a set is served past its expiry while refreshes fail.
+pub const DEFAULT_STALE_GRACE: Duration = Duration::from_secs(3600);
+
+/// One fetch's time limit (connect, headers and body).
+const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest JWKS accepted; Google's is about 2 KiB.
+const MAX_JWKS_BYTES: usize = 256 * 1024;
+/// Lifetime of a response without cache headers, and of a file's contents.
+const DEFAULT_TTL: Duration = Duration::from_secs(300);
+/// Bounds on a lifetime taken from the headers: at least a second so a
+/// `no-cache` server is not fetched for every request; at most a day.
+const MIN_TTL: Duration = Duration::from_secs(1);
+const MAX_TTL: Duration = Duration::from_secs(86_400);
+/// After a failed fetch, callers get the stale set (or the error) without a new
+/// attempt for this long, so a dead server does not add 5 s to every request.
+const FAILURE_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Google's keys cannot be had (HTTP 503).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeysUnavailable(pub String);
+
+impl std::fmt::Display for KeysUnavailable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Google's signing keys are unavailable: {}", self.0)
+    }
+}
+
+impl std::error::Error for KeysUnavailable {}
+
+/// Where the keys come from.
+enum Source {
+    Url { url: reqwest::Url, client: reqwest::Client },
+    File(PathBuf),
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Url { url, .. } => write!(f, "{url}"),
+            Source::File(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+/// One good key set and its lifetime.
+struct Cached {
+    keys: Value,
+    /// Start refreshing from here (shortly before expiry).
+    refresh_at: Instant,
+    /// The source's expiry.
+    expires_at: Instant,
+}
+
+/// Bookkeeping of fetches, behind the lock that serialises them.
+#[derive(Default)]
+struct FetchState {
+    last_forced: Option<Instant>,
+    last_failure: Option<(Instant, String)>,
+}
+
+/// Google's key set, fetched on demand and cached; cheap to share behind `&`.
+pub struct KeyCache {
+    source: Source,
+    min_refresh: Duration,
+    stale_grace: Duration,
+    cached: RwLock<Option<Arc<Cached>>>,
+    /// Held during a fetch, so concurrent callers wait for one fetch and share it.
+    fetch: tokio::sync::Mutex<FetchState>,
+}
+
+impl KeyCache {
+    /// Configures the cache from the `[gcp]` block: `jwks_url` (default
+    /// [`DEFAULT_JWKS_URL`]) or `jwks_file`, and `jwks_min_refresh_secs`. A file
+    /// is read once here so a wrong path fails at start-up; a URL is fetched on
+    /// first use.
+    pub fn from_config(gcp_block: &Value) -> anyhow::Result<KeyCache> {
+        let get = |key: &str| gcp_block.get(key).filter(|v| !v.is_null());
+        let string = |key: &str| -> anyhow::Result<Option<&str>> {
+            match get(key) {
+                None => Ok(None),
+                Some(Value::String(s)) if !s.is_empty() => Ok(Some(s)),
+                Some(other) => bail!("[gcp] {key} must be a non-empty string, not {other}"),
+            }
+        };
+        let min_refresh = match get("jwks_min_refresh_secs") {
+            None => DEFAULT_MIN_REFRESH,
+            Some(v) => match v.as_u64() {
+                Some(s @ 1..=86_400) => Duration::from_secs(s),
+                _ => bail!("[gcp] jwks_min_refresh_secs must be an integer from 1 to 86400, not {v}"),
+            },
+        };
+        let source = match (string("jwks_url")?, string("jwks_file")?) {
+            (Some(_), Some(_)) => bail!("[gcp] sets both jwks_url and jwks_file: choose one"),
+            (None, Some(path)) => Source::File(PathBuf::from(path)),
+            (url, None) => {
+                let url = url.unwrap_or(DEFAULT_JWKS_URL);
+                let url = reqwest::Url::parse(url).with_context(|| format!("[gcp] jwks_url {url:?}"))?;
+                check_scheme(&url)?;
+                let client = reqwest::Client::builder()
+                    .timeout(FETCH_TIMEOUT)
+                    .connect_timeout(FETCH_TIMEOUT)
+                    .user_agent(concat!("idgate/", env!("CARGO_PKG_VERSION")))
+                    .build()
+                    .context("building the HTTP client for Google's keys")?;
+                Source::Url { url, client }
+            }
+        };
+        let cache = KeyCache {
+            source,
+            min_refresh,
+            stale_grace: DEFAULT_STALE_GRACE,
+            cached: RwLock::new(None),
+            fetch: tokio::sync::Mutex::new(FetchState::default()),
+        };
+        if let Source::File(path) = &cache.source {
+            let cached = read_file(path).map_err(|e| anyhow::anyhow!("[gcp] jwks_file: {e}"))?;
+            cache.store(cached);
+        }
+        Ok(cache)
+    }
+
+    /// Sets how long a set is served past its expiry while refreshes fail
+    /// (default [`DEFAULT_STALE_GRACE`]).
+    pub fn with_stale_grace(mut self, grace: Duration) -> KeyCache {
+        self.stale_grace = grace;
+        self
+    }
+
+    /// The current key set (`{"keys": [...]}`), fetching or refreshing as needed.
+    pub async fn key_set(&self) -> Result<Value, KeysUnavailable> {
+        if let Some(keys) = self.fresh(Instant::now()) {
+            return Ok(keys);
+        }
+        let mut state = self.fetch.lock().await;
+        // Another caller may have refreshed while this one waited for the lock.
+        let now = Instant::now();
+        if let Some(keys) = self.fresh(now) {
+            return Ok(keys);
+        }
+        if let Some((at, reason)) = &state.last_failure {
+            if now.duration_since(*at) < FAILURE_BACKOFF {
+                return self.stale_or(reason.clone());
+            }
+        }
+        match self.fetch_now().await {
+            Ok(cached) => {
+                state.last_failure = None;
+                Ok(self.store(cached))
+            }
+            Err(reason) => {
+                tracing::warn!(source = %self.source, %reason, "fetching Google's signing keys failed");
+                state.last_failure = Some((Instant::now(), reason.clone()));
+                self.stale_or(reason)
+            }
+        }
+    }
+
+    /// Called when the plugin reported an unknown `kid`: refetches the set unless
+    /// a forced refresh happened less than `jwks_min_refresh_secs` ago, so a flood
+    /// of bogus `kid`s cannot hammer Google. Returns whether a refresh happened
+    /// (and succeeded), i.e. whether retrying the verification can help.
+    pub async fn refresh_for_unknown_kid(&self) -> bool {
+        let mut state = self.fetch.lock().await;
+        let now = Instant::now();
+        if state
+            .last_forced
+            .is_some_and(|t| now.duration_since(t) < self.min_refresh)
+        {
+            return false;
+        }
+        state.last_forced = Some(now);
+        match self.fetch_now().await {
+            Ok(cached) => {
+                state.last_failure = None;
+                self.store(cached);
+                true
+            }
+            Err(reason) => {
+                tracing::warn!(source = %self.source, %reason, "refreshing Google's signing keys failed");
+                state.last_failure = Some((Instant::now(), reason));
+                false
+            }
+        }
+    }
+
+    /// The plugin's configuration: the `[gcp]` block without the host's keys,
+    /// plus `"jwks": keys`, as JSON text.
+    pub fn inject(gcp_block: &Value, keys: Value) -> String {
+        let mut config: Map<String, Value> = gcp_block.as_object().cloned().unwrap_or_default();
+        for key in HOST_KEYS {
+            config.remove(key);
+        }
+        config.insert("jwks".into(), keys);
+        Value::Object(config).to_string()
+    }
+
+    /// The cached set if it does not need refreshing yet.
+    fn fresh(&self, now: Instant) -> Option<Value> {
+        let cached = self.cached.read().unwrap_or_else(|e| e.into_inner());
+        cached.as_ref().filter(|c| now < c.refresh_at).map(|c| c.keys.clone())
+    }
+
+    /// The last good set while it is within its expiry plus the grace period.
+    fn stale_or(&self, reason: String) -> Result<Value, KeysUnavailable> {
+        let cached = self.cached.read().unwrap_or_else(|e| e.into_inner());
+        match cached.as_ref() {
+            Some(c) if Instant::now() < c.expires_at + self.stale_grace => Ok(c.keys.clone()),
+            Some(_) => Err(KeysUnavailable(format!(
+                "{reason} (the last key set from {} expired more than {}s ago)",
+                self.source,
+                self.stale_grace.as_secs()
+            ))),
+            None => Err(KeysUnavailable(format!("{reason} (from {})", self.source))),
+        }
+    }
+
+    fn store(&self, cached: Cached) -> Value {
+        let keys = cached.keys.clone();
+        *self.cached.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(cached));
+        keys
+    }
+
+    async fn fetch_now(&self) -> Result<Cached, String> {
+        match &self.source {
+            Source::File(path) => read_file(path),
+            Source::Url { url, client } => fetch_url(client, url).await,
+        }
+    }
+}
+
+/// Keys over plain HTTP could be swapped in transit; allow it only on loopback.
+fn check_scheme(url: &reqwest::Url) -> anyhow::Result<()> {
+    let host = url.host_str().unwrap_or("");
+    let loopback = host == "localhost"
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" if loopback => Ok(()),
+        scheme => bail!("[gcp] jwks_url {url}: scheme {scheme} refused; use https (plain http only on loopback)"),
+    }
+}
+
+fn read_file(path: &std::path::Path) -> Result<Cached, String> {
+    let text = std::fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    if text.len() > MAX_JWKS_BYTES {
+        return Err(format!("{} is over {MAX_JWKS_BYTES} bytes", path.display()));
+    }
+    let value: Value = serde_json::from_slice(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let keys = normalize(value).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(cached_for(keys, DEFAULT_TTL))
+}
+
+async fn fetch_url(client: &reqwest::Client, url: &reqwest::Url) -> Result<Cached, String> {
+    use reqwest::header::{AGE, CACHE_CONTROL, DATE, EXPIRES};
+
+    let mut response = client
+        .get(url.clone())
+        .send()
+        .await
+        .map_err(|e| format!("GET {url}: {e}"))?;
+    if !response.status().is_success() {
+        return Err(format!("GET {url}: HTTP {}", response.status()));
+    }
+    if response.content_length().is_some_and(|n| n > MAX_JWKS_BYTES as u64) {
+        return Err(format!("GET {url}: body over {MAX_JWKS_BYTES} bytes"));
+    }
+    let headers = response.headers();
+    let joined = |name| {
+        let values: Vec<&str> = headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect();
+        (!values.is_empty()).then(|| values.join(", "))
+    };
+    let ttl = lifetime(
+        joined(CACHE_CONTROL).as_deref(),
+        joined(EXPIRES).as_deref(),
+        joined(DATE).as_deref(),
+        joined(AGE).as_deref(),
+        unix_now(),
+    );
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| format!("GET {url}: {e}"))? {
+        if body.len() + chunk.len() > MAX_JWKS_BYTES {
+            return Err(format!("GET {url}: body over {MAX_JWKS_BYTES} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    let value: Value = serde_json::from_slice(&body).map_err(|e| format!("GET {url}: not JSON: {e}"))?;
+    let keys = normalize(value).map_err(|e| format!("GET {url}: {e}"))?;
+    Ok(cached_for(keys, ttl.unwrap_or(DEFAULT_TTL).clamp(MIN_TTL, MAX_TTL)))
+}
+
+/// A set good for `ttl`, refreshed a little before: a tenth of the lifetime,
+/// at most a minute.
+fn cached_for(keys: Value, ttl: Duration) -> Cached {
+    let now = Instant::now();
+    let margin = (ttl / 10).min(Duration::from_secs(60));
+    Cached {
+        keys,
+        refresh_at: now + (ttl - margin),
+        expires_at: now + ttl,
+    }
+}
+
+/// `{"keys": [..]}` from a JWKS or a single JWK; an empty set is refused.
+pub fn normalize(value: Value) -> Result<Value, String> {
+    let keys = match value {
+        Value::Object(mut object) => match object.remove("keys") {
+            Some(Value::Array(keys)) => keys,
+            Some(_) => return Err("\"keys\" is not an array".into()),
+            None if object.contains_key("kty") => vec![Value::Object(object)],
+            None => return Err("neither a JWKS ({\"keys\": [...]}) nor a JWK".into()),
+        },
+        _ => return Err("not a JSON object".into()),
+    };
+    if keys.is_empty() {
+        return Err("the key set has no keys".into());
+    }
+    if !keys.iter().all(Value::is_object) {
+        return Err("a key in the set is not an object".into());
+    }
+    Ok(serde_json::json!({ "keys": keys }))
+}
+
+/// How long a response may be used, from its headers (RFC 9111): `no-store` or
+/// `no-cache` → zero; `max-age` minus `Age`; else `Expires` minus `Date` (or
+/// minus `now_unix`); else `None`.
+pub fn lifetime(
+    cache_control: Option<&str>,
+    expires: Option<&str>,
+    date: Option<&str>,
+    age: Option<&str>,
+    now_unix: i64,
+) -> Option<Duration> {
+    let mut max_age = None;
+    for directive in cache_control.unwrap_or("").split(',') {
+        let (name, value) = match directive.split_once('=') {
+            Some((n, v)) => (n.trim(), Some(v.trim().trim_matches('"'))),
+            None => (directive.trim(), None),
+        };
+        if name.eq_ignore_ascii_case("no-store") || name.eq_ignore_ascii_case("no-cache") {
+            return Some(Duration::ZERO);
+        }
+        if name.eq_ignore_ascii_case("max-age") {
+            // An unparsable max-age makes the response stale (RFC 9111 4.2.1).
+            let secs = value.and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            max_age.get_or_insert(secs);
+        }
+    }
+    if let Some(max_age) = max_age {
+        let age = age.and_then(|a| a.trim().parse::<u64>().ok()).unwrap_or(0);
+        return Some(Duration::from_secs(max_age.saturating_sub(age)));
+    }
+    let expires = expires?;
+    // An invalid Expires (often "0" or "-1") means already expired.
+    let Some(expires) = parse_http_date(expires) else {
+        return Some(Duration::ZERO);
+    };
+    let base = date.and_then(parse_http_date).unwrap_or(now_unix);
+    Some(Duration::from_secs(expires.saturating_sub(base).max(0) as u64))
+}
+
+/// Parses an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`), the only form HTTP
+/// senders may generate, to Unix seconds.
+pub fn parse_http_date(text: &str) -> Option<i64> {
+    let parts: Vec<&str> = text.split_ascii_whitespace().collect();
+    let [weekday, day, month, year, time, "GMT"] = parts.as_slice() else {
+        return None;
+    };
+    if !weekday.ends_with(',') {
+        return None;
+    }
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let month = MONTHS.iter().position(|m| m == month)? as u32 + 1;
+    let number = |s: &str, len: usize| -> Option<u32> {
+        (s.len() == len && s.bytes().all(|b| b.is_ascii_digit())).then(|| s.parse().ok())?
+    };
+    let mut hms = time.split(':');
+    let (h, m, s) = (hms.next()?, hms.next()?, hms.next()?);
+    if hms.next().is_some() {
+        return None;
+    }
+    idgate_plugin_kit::time::unix_from_parts(
+        number(year, 4)? as i64,
+        month,
+        number(day, 2)?,
+        number(h, 2)?,
+        number(m, 2)?,
+        number(s, 2)?,
+    )
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const NOW: i64 = 1_700_000_000;
+
+    #[test]
+    fn max_age_wins_and_age_is_subtracted() {
+        let secs = |cc, age| lifetime(Some(cc), Some("Thu, 01 Jan 2099 00:00:00 GMT"), None, age, NOW);
+        // Google's header.
+        assert_eq!(
+            secs("public, max-age=19809, must-revalidate, no-transform", None),
+            Some(Duration::from_secs(19809))
+        );
+        assert_eq!(secs("MAX-AGE=\"60\"", Some("15")), Some(Duration::from_secs(45)));
+        assert_eq!(secs("max-age=60", Some("600")), Some(Duration::ZERO));
+        assert_eq!(secs("max-age=abc", None), Some(Duration::ZERO));
+        assert_eq!(secs("max-age=60, no-cache", None), Some(Duration::ZERO));
+        assert_eq!(secs("no-store", None), Some(Duration::ZERO));
+        assert_eq!(secs("max-age=10, max-age=20", None), Some(Duration::from_secs(10)));
+    }
+
+    #[test]
+    fn expires_relative_to_date_or_now() {
+        let date = "Tue, 14 Nov 2023 22:13:20 GMT"; // = NOW
+        assert_eq!(parse_http_date(date), Some(NOW));
+        let expires = "Tue, 14 Nov 2023 23:13:20 GMT";
+        assert_eq!(
+            lifetime(None, Some(expires), Some(date), None, 0),
+            Some(Duration::from_secs(3600))
+        );
+        assert_eq!(
+            lifetime(Some("public"), Some(expires), None, None, NOW),
+            Some(Duration::from_secs(3600))
+        );
+        assert_eq!(
+            lifetime(None, Some(expires), None, None, NOW + 7200),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(lifetime(None, Some("0"), None, None, NOW), Some(Duration::ZERO));
+        assert_eq!(lifetime(Some("public"), None, Some(date), None, NOW), None);
+        assert_eq!(lifetime(None, None, None, None, NOW), None);
+    }
+
+    #[test]
+    fn http_dates() {
+        assert_eq!(parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT"), Some(784_111_777));
+        for bad in [
+            "Sunday, 06-Nov-94 08:49:37 GMT",
+            "Sun Nov  6 08:49:37 1994",
+            "Sun, 06 Nov 1994 08:49:37 UTC",
+            "Sun, 31 Feb 1994 08:49:37 GMT",
+            "Sun, 06 Nov 1994 8:49:37 GMT",
+            "Sun, 06 Nov 1994 08:49 GMT",
+            "",
+        ] {
+            assert_eq!(parse_http_date(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn normalizes_sets_and_single_keys() {
+        let key = json!({"kty": "RSA", "kid": "a", "n": "AQAB", "e": "AQAB"});
+        assert_eq!(normalize(json!({"keys": [key]})).unwrap(), json!({"keys": [key]}));
+        assert_eq!(normalize(key.clone()).unwrap(), json!({"keys": [key]}));
+        for bad in [
+            json!({"keys": []}),
+            json!({"keys": {}}),
+            json!({"keys": [1]}),
+            json!([key]),
+            json!({}),
+        ] {
+            assert!(normalize(bad.clone()).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn inject_strips_host_keys() {
+        let block = json!({"audience": "a", "jwks_url": "https://x", "jwks_file": "/f", "jwks_min_refresh_secs": 5, "skew_secs": 3});
+        let config: Value = serde_json::from_str(&KeyCache::inject(&block, json!({"keys": []}))).unwrap();
+        assert_eq!(config, json!({"audience": "a", "skew_secs": 3, "jwks": {"keys": []}}));
+        let config: Value = serde_json::from_str(&KeyCache::inject(&json!({}), json!({"keys": [1]}))).unwrap();
+        assert_eq!(config, json!({"jwks": {"keys": [1]}}));
+    }
+
+    #[test]
+    fn config_checks() {
+        assert!(KeyCache::from_config(&json!({})).is_ok());
+        assert!(KeyCache::from_config(&json!({"jwks_url": "http://127.0.0.1:1/certs"})).is_ok());
+        assert!(KeyCache::from_config(&json!({"jwks_url": "http://[::1]:1/certs"})).is_ok());
+        for bad in [
+            json!({"jwks_url": "http://example.com/certs"}),
+            json!({"jwks_url": "ftp://localhost/certs"}),
+            json!({"jwks_url": "not a url"}),
+            json!({"jwks_url": 5}),
+            json!({"jwks_url": "https://x", "jwks_file": "/f"}),
+            json!({"jwks_min_refresh_secs": 0}),
+            json!({"jwks_min_refresh_secs": "60"}),
+            json!({"jwks_file": "/nonexistent/idgate/keys.json"}),
+        ] {
+            assert!(KeyCache::from_config(&bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn futures_are_send() {
+        fn send<T: Send>(_: T) {}
+        let cache = KeyCache::from_config(&json!({})).unwrap();
+        send(cache.key_set());
+        send(cache.refresh_for_unknown_kid());
+    }
+
+    #[tokio::test]
+    async fn file_source_serves_and_rereads() {
+        let dir = std::env::temp_dir().join(format!("idgate-jwks-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("key.json");
+        let key = json!({"kty": "RSA", "kid": "a", "n": "AQAB", "e": "AQAB"});
+        std::fs::write(&path, key.to_string()).unwrap();
+        let cache = KeyCache::from_config(&json!({"jwks_file": path.to_str().unwrap()})).unwrap();
+        assert_eq!(cache.key_set().await.unwrap(), json!({"keys": [key]}));
+
+        let key_b = json!({"kty": "RSA", "kid": "b", "n": "AQAB", "e": "AQAB"});
+        std::fs::write(&path, json!({"keys": [key_b]}).to_string()).unwrap();
+        assert!(cache.refresh_for_unknown_kid().await);
+        assert_eq!(cache.key_set().await.unwrap(), json!({"keys": [key_b]}));
+        // Rate-limited: the second forced refresh within the window does nothing.
+        assert!(!cache.refresh_for_unknown_kid().await);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
