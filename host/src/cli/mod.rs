@@ -8,6 +8,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
+use crate::authenticate::{AuthError, Authenticator};
 use crate::config::{default_cache_dir, FileConfig};
 use crate::request::{parse_body, BodyError};
 use crate::sandbox::{CallError, Sandbox};
@@ -176,11 +177,8 @@ async fn verify(settings: &Settings, args: VerifyArgs) -> anyhow::Result<ExitCod
             return Ok(fail(1, &format!("validation failed: missing or empty {fields:?}")));
         }
     };
-    let config = settings.file.provider(&args.provider).to_string();
-    match sandbox
-        .verify_async(&args.provider, parsed.credential, config, now)
-        .await
-    {
+    let auth = Authenticator::new(sandbox, &settings.file)?;
+    match auth.verify(&args.provider, parsed.credential, now).await {
         Ok(identity) => {
             let attributes: serde_json::Map<String, serde_json::Value> = identity
                 .attributes
@@ -197,7 +195,9 @@ async fn verify(settings: &Settings, args: VerifyArgs) -> anyhow::Result<ExitCod
             println!("{}", serde_json::to_string_pretty(&out)?);
             Ok(ExitCode::SUCCESS)
         }
-        Err(CallError::Rejected(e @ idgate_plugin_kit::VerifyError::BadConfig(_))) => Ok(fail(2, &e.to_string())),
+        Err(AuthError::Call(CallError::Rejected(e @ idgate_plugin_kit::VerifyError::BadConfig(_)))) => {
+            Ok(fail(2, &e.to_string()))
+        }
         Err(e) => Ok(fail(1, &e.to_string())),
     }
 }

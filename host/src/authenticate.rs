@@ -1,0 +1,99 @@
+//! From a credential to a verified identity: picks the provider's configuration,
+//! adds host-fetched key material (Google's keys for `gcp`), and runs the plugin.
+//! Shared by `idgate verify` and the HTTP API so both verify the same way.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use idgate_plugin_kit::{Identity, VerifyError};
+
+use crate::config::FileConfig;
+use crate::jwks::KeyCache;
+use crate::sandbox::{CallError, Sandbox};
+
+/// Why verification did not produce an identity.
+#[derive(Debug)]
+pub enum AuthError {
+    /// The plugin refused the credential, failed, or is missing.
+    Call(CallError),
+    /// Key material the plugin needs could not be had (HTTP 503).
+    KeysUnavailable(String),
+}
+
+impl std::fmt::Display for AuthError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AuthError::Call(e) => e.fmt(f),
+            AuthError::KeysUnavailable(e) => write!(f, "signing keys are unavailable: {e}"),
+        }
+    }
+}
+
+/// Verifies credentials with the loaded plugins and the operator's configuration.
+pub struct Authenticator {
+    sandbox: Arc<Sandbox>,
+    configs: BTreeMap<String, serde_json::Value>,
+    gcp_keys: Option<KeyCache>,
+}
+
+impl Authenticator {
+    /// Builds the authenticator; sets up Google's key cache when a `gcp` plugin is loaded.
+    pub fn new(sandbox: Arc<Sandbox>, file: &FileConfig) -> anyhow::Result<Authenticator> {
+        let gcp_keys = if sandbox.has("gcp") {
+            Some(KeyCache::from_config(&file.provider("gcp"))?)
+        } else {
+            None
+        };
+        let configs = sandbox
+            .plugins()
+            .into_iter()
+            .map(|p| {
+                let block = file.provider(&p.provider);
+                (p.provider, block)
+            })
+            .collect();
+        Ok(Authenticator {
+            sandbox,
+            configs,
+            gcp_keys,
+        })
+    }
+
+    /// The sandbox the plugins run in.
+    pub fn sandbox(&self) -> &Arc<Sandbox> {
+        &self.sandbox
+    }
+
+    /// Verifies `credential` (the provider fields of the body, a JSON object) at `now`.
+    pub async fn verify(&self, provider: &str, credential: String, now: i64) -> Result<Identity, AuthError> {
+        let Some(block) = self.configs.get(provider) else {
+            return Err(AuthError::Call(CallError::NotLoaded(provider.to_string())));
+        };
+        let Some(keys) = self.gcp_keys.as_ref().filter(|_| provider == "gcp") else {
+            return self
+                .sandbox
+                .verify_async(provider, credential, block.to_string(), now)
+                .await
+                .map_err(AuthError::Call);
+        };
+        let key_set = keys.key_set().await.map_err(|e| AuthError::KeysUnavailable(e.to_string()))?;
+        let first = self
+            .sandbox
+            .verify_async(provider, credential.clone(), KeyCache::inject(block, key_set), now)
+            .await;
+        // A key Google rotated in since the last fetch: refresh once (rate-limited
+        // inside the cache) and try again.
+        match first {
+            Err(CallError::Rejected(VerifyError::UntrustedSigner(ref reason)))
+                if reason.contains(crate::jwks::UNKNOWN_KID_MARKER) && keys.refresh_for_unknown_kid().await =>
+            {
+                let key_set = keys.key_set().await.map_err(|e| AuthError::KeysUnavailable(e.to_string()))?;
+                self.sandbox
+                    .verify_async(provider, credential, KeyCache::inject(block, key_set), now)
+                    .await
+                    .map_err(AuthError::Call)
+            }
+            other => other.map_err(AuthError::Call),
+        }
+    }
+}
