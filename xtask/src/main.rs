@@ -108,7 +108,7 @@ fn plugins(names: &[String]) -> Result {
     for dir in [&real, &test] {
         std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     }
-    for (short, package, fixture) in chosen {
+    for &(short, package, fixture) in &chosen {
         let file = built.join(format!("{}.wasm", package.replace('-', "_")));
         let mut dests = vec![test.join(format!("{short}.wasm"))];
         if !fixture {
@@ -120,6 +120,23 @@ fn plugins(names: &[String]) -> Result {
         }
         eprintln!("installed {short}.wasm");
     }
+    if chosen.iter().any(|(short, _, _)| *short == "misbehave") {
+        impersonating_fixture(&built)?;
+    }
+    Ok(())
+}
+
+/// `target/test-plugins-faulty/aws.wasm`: the misbehaving fixture answering as
+/// provider `aws`, so the HTTP tests can make a routed endpoint trap. Built after
+/// the normal fixture and restored, so the normal one stays installed.
+fn impersonating_fixture(built: &Path) -> Result {
+    let dir = target_dir().join("test-plugins-faulty");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let file = built.join("idgate_fixture_misbehave.wasm");
+    let keep = std::fs::read(&file).map_err(|e| format!("reading {}: {e}", file.display()))?;
+    cargo(&["build", "--release", "--target", WASM_TARGET, "-p", "idgate-fixture-misbehave", "--features", "impersonate-aws"])?;
+    std::fs::copy(&file, dir.join("aws.wasm")).map_err(|e| format!("copying the aws impersonator: {e}"))?;
+    std::fs::write(&file, keep).map_err(|e| format!("restoring {}: {e}", file.display()))?;
     Ok(())
 }
 
