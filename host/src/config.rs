@@ -119,7 +119,8 @@ impl FileConfig {
                 continue;
             };
             let key = key.to_ascii_lowercase();
-            if ["config", "plugins", "cache_dir", "database_url"].contains(&key.as_str()) {
+            // Flags own these; IDGATE_DATA_DIR places the embedded cluster.
+            if ["config", "plugins", "cache_dir", "database_url", "data_dir"].contains(&key.as_str()) {
                 continue;
             }
             let value = format!("v = {raw}")

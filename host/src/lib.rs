@@ -4,10 +4,14 @@
 //! provider's plugin (which borrows [`crypto`]) and yields the instance ID, the
 //! database resolves it to one agent's token. See ARCHITECTURE.md.
 
+pub mod api;
 pub mod authenticate;
 pub mod cli;
 pub mod config;
 pub mod crypto;
+pub mod db;
 pub mod jwks;
+pub mod metrics;
 pub mod request;
 pub mod sandbox;
+pub mod serve;

@@ -2,6 +2,8 @@
 //! sandbox per test binary loaded with the real plugin components (and the
 //! misbehaving fixture) built by `cargo xtask plugins`.
 
+pub mod pg;
+
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 

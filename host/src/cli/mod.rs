@@ -1,5 +1,7 @@
 //! The command line: `serve`, `verify`, `plugins`, and the database commands.
 
+pub mod admin;
+
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,6 +12,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::authenticate::{AuthError, Authenticator};
 use crate::config::{default_cache_dir, FileConfig};
+use crate::db::{Db, PoolSettings};
 use crate::request::{parse_body, BodyError};
 use crate::sandbox::{CallError, Sandbox};
 
@@ -47,6 +50,24 @@ pub enum Command {
     Verify(VerifyArgs),
     /// List the loaded plugins.
     Plugins,
+    /// Serve the HTTP API.
+    Serve(ServeArgs),
+    /// Apply the database migrations and exit.
+    Migrate,
+    /// Register and list agents.
+    #[command(subcommand)]
+    Agents(admin::AgentsCommand),
+    /// Rebuild or delete workspaces.
+    #[command(subcommand)]
+    Workspaces(admin::WorkspacesCommand),
+}
+
+/// `idgate serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Listen address [default: 127.0.0.1:3000].
+    #[arg(long, env = "IDGATE_LISTEN")]
+    pub listen: Option<String>,
 }
 
 /// `idgate verify`.
@@ -113,6 +134,15 @@ impl Settings {
         })
     }
 
+    /// The database pool settings from `[limits]`.
+    pub fn pool_settings(&self) -> PoolSettings {
+        let limits = self.file.host.limits;
+        PoolSettings {
+            max_connections: limits.db_max_connections.unwrap_or(10),
+            acquire_timeout: std::time::Duration::from_millis(limits.db_acquire_timeout_ms.unwrap_or(2000)),
+        }
+    }
+
     /// Loads the plugins under the configured limits.
     pub fn sandbox(&self) -> anyhow::Result<Sandbox> {
         Sandbox::load(&self.plugins, Some(&self.cache_dir), self.file.host.sandbox.limits())
@@ -130,7 +160,28 @@ fn default_plugin_dir() -> PathBuf {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let settings = Settings::resolve(&cli.global)?;
+    crate::serve::init_logging(settings.file.host.log_format.as_deref());
     match cli.command {
+        Command::Serve(args) => {
+            crate::serve::serve(&settings, args.listen).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Migrate => {
+            admin::run_migrate(settings.database_url.as_deref(), settings.pool_settings()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Agents(cmd) => {
+            let db = Db::open(settings.database_url.as_deref(), settings.pool_settings()).await?;
+            let result = admin::run_agents(&db, cmd).await;
+            db.close().await;
+            result.map(|()| ExitCode::SUCCESS)
+        }
+        Command::Workspaces(cmd) => {
+            let db = Db::open(settings.database_url.as_deref(), settings.pool_settings()).await?;
+            let result = admin::run_workspaces(&db, cmd).await;
+            db.close().await;
+            result.map(|()| ExitCode::SUCCESS)
+        }
         Command::Verify(args) => verify(&settings, args).await,
         Command::Plugins => {
             let sandbox = settings.sandbox()?;

@@ -1,0 +1,405 @@
+//! The HTTP API: Coder's three instance-identity endpoints, with Coder's
+//! envelope and status codes, plus operations endpoints.
+//!
+//! One authentication: read the body (413 past the limit) → split it (400) →
+//! verify in the provider's plugin (400/401/403/500/503) → resolve the agent in
+//! one SQL statement (404/409/503) → 200 with the agent's token. Every attempt
+//! leaves one audit log line, which never holds the token or the credential.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use idgate_plugin_kit::VerifyError;
+use serde::Serialize;
+use utoipa::{OpenApi, ToSchema};
+
+use crate::authenticate::{AuthError, Authenticator};
+use crate::db::resolve::{resolve, Resolution};
+use crate::metrics::Metrics;
+use crate::request::{parse_body, route, BodyError, Route, Validation};
+use crate::sandbox::{CallError, FaultKind};
+
+/// Request limits of the HTTP API.
+#[derive(Debug, Clone, Copy)]
+pub struct ApiLimits {
+    /// Largest accepted body, bytes.
+    pub max_body_bytes: usize,
+    /// Budget of one request from body to token.
+    pub request_timeout: Duration,
+}
+
+impl Default for ApiLimits {
+    fn default() -> Self {
+        ApiLimits {
+            max_body_bytes: 64 * 1024,
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What the handlers share.
+pub struct AppState {
+    /// Plugins and their configuration.
+    pub auth: Authenticator,
+    /// The database pool.
+    pub pool: sqlx::PgPool,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Request limits.
+    pub limits: ApiLimits,
+    /// Providers the operator configured (`[aws]` etc.); each must have a plugin
+    /// for `/readyz` to pass.
+    pub configured: Vec<String>,
+}
+
+/// Coder's response envelope (`codersdk.Response`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong, in Coder's words.
+    pub message: String,
+    /// More detail, when there is any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// Fields that failed validation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub validations: Option<Vec<ValidationBody>>,
+}
+
+/// One failed field (`codersdk.ValidationError`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ValidationBody {
+    /// JSON field name.
+    pub field: String,
+    /// Why it failed.
+    pub detail: String,
+}
+
+/// The success body (`agentsdk.AuthenticateResponse`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokenBody {
+    /// The agent's session token (a UUID).
+    pub session_token: String,
+}
+
+/// AWS request body (`agentsdk.AWSInstanceIdentityToken`, plus `pkcs7`).
+#[derive(Debug, serde::Deserialize, ToSchema)]
+#[allow(dead_code)]
+pub struct AwsInstanceIdentityToken {
+    /// Base64 RSA-SHA256 signature from IMDS `/signature`.
+    signature: Option<String>,
+    /// The instance identity document, exactly as IMDS returned it.
+    document: Option<String>,
+    /// Base64 PKCS#7 from IMDS `/rsa2048` or `/pkcs7` (instead of or beside `signature`).
+    pkcs7: Option<String>,
+    /// Picks one of several agents on the instance.
+    agent_name: Option<String>,
+}
+
+/// Azure request body (`agentsdk.AzureInstanceIdentityToken`).
+#[derive(Debug, serde::Deserialize, ToSchema)]
+#[allow(dead_code)]
+pub struct AzureInstanceIdentityToken {
+    /// Base64 DER PKCS#7 from IMDS `/metadata/attested/document`.
+    signature: String,
+    /// Accepted and ignored, as Coder does.
+    encoding: String,
+    /// Picks one of several agents on the instance.
+    agent_name: Option<String>,
+}
+
+/// Google request body (`agentsdk.GoogleInstanceIdentityToken`).
+#[derive(Debug, serde::Deserialize, ToSchema)]
+#[allow(dead_code)]
+pub struct GoogleInstanceIdentityToken {
+    /// The metadata server's identity token (`format=full`).
+    json_web_token: String,
+    /// Picks one of several agents on the instance.
+    agent_name: Option<String>,
+}
+
+/// The OpenAPI description served at `/openapi.json`.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "idgate", description = "Coder-compatible instance-identity authentication for workspace agents."),
+    paths(aws_instance_identity, azure_instance_identity, google_instance_identity),
+    components(schemas(ErrorBody, ValidationBody, TokenBody, AwsInstanceIdentityToken, AzureInstanceIdentityToken, GoogleInstanceIdentityToken))
+)]
+pub struct ApiDoc;
+
+/// The router with every endpoint.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/api/v2/workspaceagents/aws-instance-identity", post(aws_instance_identity))
+        .route("/api/v2/workspaceagents/azure-instance-identity", post(azure_instance_identity))
+        .route("/api/v2/workspaceagents/google-instance-identity", post(google_instance_identity))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
+        .with_state(state)
+}
+
+/// Authenticate an agent with an AWS instance identity document.
+#[utoipa::path(post, path = "/api/v2/workspaceagents/aws-instance-identity", request_body = AwsInstanceIdentityToken,
+    responses((status = 200, body = TokenBody), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 500, body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn aws_instance_identity(State(state): State<Arc<AppState>>, body: Body) -> Response {
+    authenticate(&state, "aws", body).await
+}
+
+/// Authenticate an agent with Azure attested data.
+#[utoipa::path(post, path = "/api/v2/workspaceagents/azure-instance-identity", request_body = AzureInstanceIdentityToken,
+    responses((status = 200, body = TokenBody), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 500, body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn azure_instance_identity(State(state): State<Arc<AppState>>, body: Body) -> Response {
+    authenticate(&state, "azure", body).await
+}
+
+/// Authenticate an agent with a Google instance identity token.
+#[utoipa::path(post, path = "/api/v2/workspaceagents/google-instance-identity", request_body = GoogleInstanceIdentityToken,
+    responses((status = 200, body = TokenBody), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 500, body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn google_instance_identity(State(state): State<Arc<AppState>>, body: Body) -> Response {
+    authenticate(&state, "gcp", body).await
+}
+
+/// An error response in Coder's envelope.
+struct ApiError {
+    status: StatusCode,
+    outcome: &'static str,
+    body: ErrorBody,
+    retry_after: bool,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, outcome: &'static str, message: impl Into<String>, detail: Option<String>) -> Self {
+        ApiError {
+            status,
+            outcome,
+            body: ErrorBody {
+                message: message.into(),
+                detail,
+                validations: None,
+            },
+            retry_after: false,
+        }
+    }
+
+    fn unavailable(message: impl Into<String>, detail: Option<String>) -> Self {
+        ApiError {
+            retry_after: true,
+            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message, detail)
+        }
+    }
+
+    fn into_response(self) -> Response {
+        let mut response = (self.status, Json(self.body)).into_response();
+        if self.retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+/// What the audit line records about one attempt.
+#[derive(Default)]
+struct Audit {
+    instance_id: Option<String>,
+    agent: Option<String>,
+}
+
+async fn authenticate(state: &AppState, provider: &str, body: Body) -> Response {
+    let route = route(provider).expect("handlers exist only for routed providers");
+    let mut audit = Audit::default();
+    let result = match tokio::time::timeout(state.limits.request_timeout, attempt(state, route, body, &mut audit)).await {
+        Ok(result) => result,
+        Err(_) => Err(ApiError::unavailable(
+            "Request timed out.",
+            Some(format!("no answer within {} ms", state.limits.request_timeout.as_millis())),
+        )),
+    };
+    let (outcome, status, reason) = match &result {
+        Ok(_) => ("ok", StatusCode::OK, String::new()),
+        Err(e) => (
+            e.outcome,
+            e.status,
+            match &e.body.detail {
+                Some(d) => format!("{} {d}", e.body.message),
+                None => e.body.message.clone(),
+            },
+        ),
+    };
+    state.metrics.request(provider, outcome);
+    tracing::info!(
+        target: "idgate::audit",
+        provider,
+        instance_id = audit.instance_id.as_deref().unwrap_or(""),
+        agent = audit.agent.as_deref().unwrap_or(""),
+        outcome,
+        status = status.as_u16(),
+        reason = %reason,
+        "authentication"
+    );
+    match result {
+        Ok(token) => (StatusCode::OK, Json(TokenBody { session_token: token })).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn attempt(state: &AppState, route: &Route, body: Body, audit: &mut Audit) -> Result<String, ApiError> {
+    let bytes = axum::body::to_bytes(body, state.limits.max_body_bytes).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            "Request body is too large.",
+            Some(format!("the limit is {} bytes", state.limits.max_body_bytes)),
+        )
+    })?;
+    let parsed = parse_body(route.provider, &bytes).map_err(|e| match e {
+        BodyError::InvalidJson(detail) => {
+            ApiError::new(StatusCode::BAD_REQUEST, "bad_request", "Request body must be valid JSON.", Some(detail))
+        }
+        BodyError::Validation(v) => ApiError {
+            body: ErrorBody {
+                message: "Validation failed.".into(),
+                detail: None,
+                validations: Some(
+                    v.into_iter()
+                        .map(|Validation { field, detail }| ValidationBody { field, detail })
+                        .collect(),
+                ),
+            },
+            ..ApiError::new(StatusCode::BAD_REQUEST, "bad_request", "", None)
+        },
+    })?;
+
+    let started = Instant::now();
+    let now = crate::cli::unix_now();
+    let verified = state.auth.verify(route.provider, parsed.credential, now).await;
+    state.metrics.verify_time(route.provider, started.elapsed());
+    let identity = verified.map_err(|e| verify_error(state, route, e))?;
+    audit.instance_id = Some(identity.instance_id.clone());
+
+    let started = Instant::now();
+    let resolution = resolve(&state.pool, &identity.instance_id, parsed.agent_name.as_deref()).await;
+    state.metrics.resolve_time(started.elapsed());
+    match resolution.map_err(database_error)? {
+        Resolution::Token(token, agent) => {
+            audit.agent = Some(agent);
+            Ok(token.hyphenated().to_string())
+        }
+        Resolution::NotFound(message) | Resolution::NoSuchName(message) => {
+            Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", message, None))
+        }
+        Resolution::Ambiguous(message) => Err(ApiError::new(StatusCode::CONFLICT, "conflict", message, None)),
+    }
+}
+
+fn verify_error(state: &AppState, route: &Route, e: AuthError) -> ApiError {
+    let invalid = format!("Invalid {} identity.", route.display);
+    match e {
+        AuthError::Call(CallError::Rejected(e)) => {
+            let detail = Some(e.reason().to_string());
+            match e {
+                VerifyError::Malformed(_) => ApiError::new(StatusCode::BAD_REQUEST, "bad_request", invalid, detail),
+                VerifyError::BadSignature(_) | VerifyError::UntrustedSigner(_) | VerifyError::Expired(_) => {
+                    ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", invalid, detail)
+                }
+                VerifyError::Refused(_) => ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    format!("{} identity refused by policy.", route.display),
+                    detail,
+                ),
+                VerifyError::BadConfig(_) => ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "error",
+                    format!("Internal error: the {} plugin's configuration is unusable.", route.provider),
+                    detail,
+                ),
+            }
+        }
+        AuthError::Call(CallError::NotLoaded(p)) => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("No plugin is loaded for provider {p:?}: add its .wasm to the plugin directory."),
+            None,
+        ),
+        AuthError::Call(CallError::Fault { provider, message, kind }) => {
+            state.metrics.plugin_fault(
+                &provider,
+                match kind {
+                    FaultKind::Trap => "trap",
+                    FaultKind::Deadline => "deadline",
+                    FaultKind::Memory => "memory",
+                },
+            );
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "error",
+                format!("Internal error verifying {} identity.", route.display),
+                Some(format!("the {provider} plugin failed: {message}")),
+            )
+        }
+        AuthError::KeysUnavailable(detail) => ApiError::unavailable(
+            format!("{} signing keys are unavailable; try again.", route.display),
+            Some(detail),
+        ),
+    }
+}
+
+/// Database trouble: an exhausted pool or an unreachable server is temporary
+/// (503 with `Retry-After`); anything else is Coder's 500.
+fn database_error(e: sqlx::Error) -> ApiError {
+    match e {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => {
+            ApiError::unavailable("The database is unavailable; try again.", Some(e.to_string()))
+        }
+        other => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "error",
+            "Internal error fetching workspace agent.",
+            Some(other.to_string()),
+        ),
+    }
+}
+
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    let mut problems = Vec::new();
+    let db = tokio::time::timeout(Duration::from_secs(2), sqlx::query("SELECT 1").execute(&state.pool)).await;
+    match db {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => problems.push(format!("database: {e}")),
+        Err(_) => problems.push("database: no answer within 2 s".to_string()),
+    }
+    for provider in &state.configured {
+        if !state.auth.sandbox().has(provider) {
+            problems.push(format!("plugin {provider:?} is configured but not loaded"));
+        }
+    }
+    if state.auth.sandbox().plugins().is_empty() {
+        problems.push("no plugins are loaded".to_string());
+    }
+    if problems.is_empty() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {}\n", problems.join("; "))).into_response()
+    }
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        state.metrics.render(),
+    )
+        .into_response()
+}

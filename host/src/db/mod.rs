@@ -1,0 +1,196 @@
+//! PostgreSQL: the schema (Coder's table subset), the connection pool, the
+//! one-statement agent resolution, the registration commands' SQL, and the
+//! embedded cluster used when no database URL is configured.
+
+pub mod embedded;
+pub mod pool;
+pub mod registry;
+pub mod resolve;
+
+use anyhow::Context;
+use sqlx::migrate::Migrator;
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
+
+use embedded::EmbeddedCluster;
+pub use pool::PoolSettings;
+
+/// idgate's schema migrations (`host/migrations`).
+pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+/// An open database: the pool, and the embedded cluster if idgate runs one.
+#[derive(Debug)]
+pub struct Db {
+    /// Connections for resolutions and commands.
+    pub pool: PgPool,
+    /// False for a database whose schema idgate does not own (a Coder database).
+    managed: bool,
+    embedded: Option<EmbeddedCluster>,
+}
+
+impl Db {
+    /// Opens the database at `url`, or with `None` idgate's embedded cluster
+    /// (started if needed; stopped by [`Db::close`] if started here). Runs the
+    /// migrations, except on a database that already has Coder's tables without
+    /// idgate's migration history: that one is a Coder database, only read.
+    pub async fn open(url: Option<&str>, settings: PoolSettings) -> anyhow::Result<Db> {
+        let Some(url) = url else {
+            let dir = embedded::default_cluster_dir();
+            let cluster = tokio::task::spawn_blocking(move || EmbeddedCluster::start(&dir)).await??;
+            let opened = async {
+                ensure_database(&cluster).await?;
+                Self::open_with(cluster.connect_options(embedded::DATABASE), settings).await
+            }
+            .await;
+            return match opened {
+                Ok(mut db) => {
+                    db.embedded = Some(cluster);
+                    Ok(db)
+                }
+                Err(e) => {
+                    let _ = tokio::task::spawn_blocking(move || cluster.stop()).await;
+                    Err(e)
+                }
+            };
+        };
+        let options: PgConnectOptions = url
+            .parse()
+            .context("the database URL is not a PostgreSQL URL (postgres://user@host/db)")?;
+        Self::open_with(options, settings).await
+    }
+
+    /// Opens the database at `options` (no embedded cluster).
+    pub async fn open_with(options: PgConnectOptions, settings: PoolSettings) -> anyhow::Result<Db> {
+        let managed = prepare_schema(&options).await?;
+        let pool = pool::connect(options, settings)
+            .await
+            .context("connecting to PostgreSQL (and preparing the resolution statement)")?;
+        Ok(Db {
+            pool,
+            managed,
+            embedded: None,
+        })
+    }
+
+    /// Whether idgate owns the schema (false for a Coder database).
+    pub fn is_managed(&self) -> bool {
+        self.managed
+    }
+
+    /// Fails unless idgate owns the schema, naming `what` was refused.
+    pub fn require_managed(&self, what: &str) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.managed,
+            "{what}: this database has Coder's tables but not idgate's migrations, so it is a Coder \
+             database; idgate only reads it (manage agents with Coder itself)"
+        );
+        Ok(())
+    }
+
+    /// The embedded cluster, if idgate runs one.
+    pub fn embedded(&self) -> Option<&EmbeddedCluster> {
+        self.embedded.as_ref()
+    }
+
+    /// Closes the pool, then stops the embedded cluster if this process started
+    /// it and no other process (an `idgate serve` that came up meanwhile and
+    /// found it running) is connected; otherwise it is left running.
+    pub async fn close(self) {
+        self.pool.close().await;
+        if let Some(cluster) = self.embedded {
+            if cluster.started_here() && !alone(&cluster).await {
+                tracing::warn!(
+                    dir = %cluster.data_dir().display(),
+                    "other processes use the embedded PostgreSQL (or it cannot be checked); leaving it running"
+                );
+                return;
+            }
+            match tokio::task::spawn_blocking(move || cluster.stop()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %format!("{e:#}"), "stopping the embedded PostgreSQL"),
+                Err(e) => tracing::warn!(error = %e, "stopping the embedded PostgreSQL"),
+            }
+        }
+    }
+}
+
+/// Applies idgate's migrations over `pool`.
+pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+    MIGRATOR.run(pool).await
+}
+
+/// Migrates the database unless it is a Coder database; returns whether idgate
+/// owns the schema.
+async fn prepare_schema(options: &PgConnectOptions) -> anyhow::Result<bool> {
+    let mut conn = options.connect().await.context("connecting to PostgreSQL")?;
+    let (agents, history): (bool, bool) = sqlx::query_as(
+        "SELECT to_regclass('workspace_agents') IS NOT NULL, to_regclass('_sqlx_migrations') IS NOT NULL",
+    )
+    .fetch_one(&mut conn)
+    .await?;
+    let managed = !agents || history;
+    if managed {
+        MIGRATOR.run(&mut conn).await.context("migrating the database")?;
+    } else {
+        tracing::info!("the database has Coder's tables and no idgate migrations: using it read-only, unmigrated");
+    }
+    conn.close().await?;
+    Ok(managed)
+}
+
+/// Whether no other client is connected to the cluster. Backends of the
+/// just-closed pool take a moment to exit, so this asks for up to a second.
+async fn alone(cluster: &EmbeddedCluster) -> bool {
+    for _ in 0..20 {
+        if other_clients(cluster).await == Some(0) {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    false
+}
+
+/// Client connections to the cluster other than the one asking, or `None` if
+/// the cluster cannot be asked.
+async fn other_clients(cluster: &EmbeddedCluster) -> Option<i64> {
+    let mut conn = PgConnection::connect_with(&cluster.connect_options("postgres"))
+        .await
+        .ok()?;
+    let n = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .ok();
+    let _ = conn.close().await;
+    n
+}
+
+/// Creates the `idgate` database in the embedded cluster if it is missing.
+async fn ensure_database(cluster: &EmbeddedCluster) -> anyhow::Result<()> {
+    let mut conn = PgConnection::connect_with(&cluster.connect_options("postgres"))
+        .await
+        .with_context(|| {
+            format!(
+                "connecting to the embedded PostgreSQL in {}",
+                cluster.data_dir().display()
+            )
+        })?;
+    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+        .bind(embedded::DATABASE)
+        .fetch_one(&mut conn)
+        .await?;
+    if !exists {
+        let created = sqlx::raw_sql(&format!("CREATE DATABASE {}", embedded::DATABASE))
+            .execute(&mut conn)
+            .await;
+        match created {
+            Ok(_) => {}
+            // Created meanwhile by another idgate process.
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => {}
+            Err(e) => return Err(e).context("creating the idgate database"),
+        }
+    }
+    conn.close().await?;
+    Ok(())
+}

@@ -1,0 +1,284 @@
+//! Instance ID (+ optional agent name) → the agent's session token.
+//!
+//! One SQL statement fetches every candidate; the choice between them (and the
+//! Coder-compatible 404 / 409 messages) is made in memory by [`select`].
+
+use sqlx::{PgPool, Row};
+use uuid::Uuid;
+
+/// The one statement of a resolution: root, non-deleted agents carrying the
+/// instance ID, on a resource of a `workspace_build` job whose build is the
+/// latest of a non-deleted workspace. It is Coder's
+/// `GetWorkspaceBuildAgentsByInstanceID` join plus the latest-build predicate
+/// of coder/coder#25440. `$1::text` matches Coder's parameter type (so the
+/// `(auth_instance_id, deleted)` index serves it) and lets the server infer the
+/// parameter's type when the statement is prepared ahead of time.
+/// Newest first, as Coder orders its candidates.
+pub const RESOLVE_SQL: &str = "\
+SELECT workspace_agents.name, workspace_agents.auth_token
+FROM workspace_agents
+JOIN workspace_resources ON workspace_resources.id = workspace_agents.resource_id
+JOIN workspace_builds ON workspace_builds.job_id = workspace_resources.job_id
+JOIN provisioner_jobs ON provisioner_jobs.id = workspace_builds.job_id
+JOIN workspaces ON workspaces.id = workspace_builds.workspace_id
+WHERE workspace_agents.auth_instance_id = $1::text
+  AND workspace_agents.deleted = FALSE
+  AND workspace_agents.parent_id IS NULL
+  AND provisioner_jobs.type = 'workspace_build'
+  AND workspaces.deleted = FALSE
+  AND workspace_builds.build_number = (
+    SELECT max(latest.build_number) FROM workspace_builds AS latest
+    WHERE latest.workspace_id = workspace_builds.workspace_id)
+ORDER BY workspace_agents.created_at DESC, workspace_agents.id";
+
+/// The outcome of a resolution. The messages are Coder's, ready for the
+/// response body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resolution {
+    /// Exactly one agent: its `auth_token` and name.
+    Token(Uuid, String),
+    /// 404: no candidate at all.
+    NotFound(String),
+    /// 404: candidates exist, none with the requested name.
+    NoSuchName(String),
+    /// 409: several candidates and no name to choose by.
+    Ambiguous(String),
+}
+
+/// One row of [`RESOLVE_SQL`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    /// `workspace_agents.name`.
+    pub name: String,
+    /// `workspace_agents.auth_token`.
+    pub auth_token: Uuid,
+}
+
+/// Resolves an instance ID to one agent with a single round trip to the
+/// database. On connections from [`crate::db::pool::connect`] the statement is
+/// already prepared, so this is one Bind/Execute/Sync exchange.
+///
+/// The pool does not ping connections before use (that would be a second round
+/// trip); a connection that turns out to be dead (server restarted) fails with
+/// an I/O error before any row is read, and the query is retried on another
+/// connection, a few times at most.
+pub async fn resolve(pool: &PgPool, instance_id: &str, agent_name: Option<&str>) -> Result<Resolution, sqlx::Error> {
+    let mut attempts = 0;
+    let rows = loop {
+        attempts += 1;
+        match sqlx::query(RESOLVE_SQL).bind(instance_id).fetch_all(pool).await {
+            Err(sqlx::Error::Io(e)) if attempts < 3 => {
+                tracing::debug!(error = %e, "database connection lost; retrying the resolution");
+            }
+            other => break other?,
+        }
+    };
+    let candidates = rows
+        .iter()
+        .map(|row| {
+            Ok(Candidate {
+                name: row.try_get(0)?,
+                auth_token: row.try_get(1)?,
+            })
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    Ok(select(instance_id, agent_name, candidates))
+}
+
+/// Coder's selection rules (stage B of coder-reference §1), applied to the
+/// candidates in query order.
+pub fn select(instance_id: &str, agent_name: Option<&str>, candidates: Vec<Candidate>) -> Resolution {
+    let name = agent_name.map(str::trim).filter(|n| !n.is_empty());
+    if candidates.is_empty() {
+        return Resolution::NotFound(format!("Instance with id {} not found.", go_quote(instance_id)));
+    }
+    if let Some(name) = name {
+        return match candidates.into_iter().find(|c| c.name == name) {
+            Some(c) => Resolution::Token(c.auth_token, c.name),
+            None => Resolution::NoSuchName(format!(
+                "No agent found with instance ID {} and name {}.",
+                go_quote(instance_id),
+                go_quote(name)
+            )),
+        };
+    }
+    if candidates.len() > 1 {
+        // Bytewise order, duplicates kept: Go's sort.Strings.
+        let mut names: Vec<String> = candidates.into_iter().map(|c| c.name).collect();
+        names.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+        return Resolution::Ambiguous(format!(
+            "Multiple agents found with instance ID {}. Set CODER_AGENT_NAME to one of: {}",
+            go_quote(instance_id),
+            names.join(", ")
+        ));
+    }
+    let only = candidates.into_iter().next().expect("one candidate");
+    Resolution::Token(only.auth_token, only.name)
+}
+
+/// Quotes a string as Go's `%q` (`strconv.Quote`) does: double quotes, `\"` and
+/// `\\`, C-style escapes for `\a \b \f \n \r \t \v`, `\xNN` for other ASCII
+/// controls, `\uNNNN` / `\UNNNNNNNN` for other non-printable characters.
+///
+/// Go's "printable" is Unicode categories L, M, N, P, S plus the ASCII space.
+/// Without Unicode tables this escapes controls, the other space separators,
+/// line/paragraph separators, the common format characters and private-use
+/// characters, and prints unassigned code points as they are (Go escapes those).
+pub fn go_quote(s: &str) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\x07' => out.push_str("\\a"),
+            '\x08' => out.push_str("\\b"),
+            '\x0c' => out.push_str("\\f"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\x0b' => out.push_str("\\v"),
+            c if (c as u32) < 0x20 || c == '\x7f' => {
+                let _ = write!(out, "\\x{:02x}", c as u32);
+            }
+            c if !go_printable(c) => {
+                if (c as u32) < 0x10000 {
+                    let _ = write!(out, "\\u{:04x}", c as u32);
+                } else {
+                    let _ = write!(out, "\\U{:08x}", c as u32);
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Approximates Go's `unicode.IsPrint` (see [`go_quote`]).
+fn go_printable(c: char) -> bool {
+    let u = c as u32;
+    if c == ' ' {
+        return true;
+    }
+    if c.is_control() {
+        return false;
+    }
+    let not_printable = matches!(u,
+        // Zs other than U+0020, Zl, Zp.
+        0x00a0 | 0x1680 | 0x2000..=0x200a | 0x2028 | 0x2029 | 0x202f | 0x205f | 0x3000
+        // Cf (format) characters.
+        | 0x00ad | 0x0600..=0x0605 | 0x061c | 0x06dd | 0x070f | 0x180e | 0x200b..=0x200f
+        | 0x202a..=0x202e | 0x2060..=0x2064 | 0x2066..=0x206f | 0xfeff | 0xfff9..=0xfffb
+        | 0x110bd | 0x1bca0..=0x1bca3 | 0x1d173..=0x1d17a | 0xe0001 | 0xe0020..=0xe007f
+        // Co (private use).
+        | 0xe000..=0xf8ff | 0xf0000..=0xffffd | 0x100000..=0x10fffd
+        // Noncharacters (Cn in every Unicode version).
+        | 0xfdd0..=0xfdef | 0xfffe | 0xffff);
+    !not_printable && (u & 0xfffe) != 0xfffe
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cand(name: &str, n: u128) -> Candidate {
+        Candidate {
+            name: name.to_string(),
+            auth_token: Uuid::from_u128(n),
+        }
+    }
+
+    #[test]
+    fn go_quote_matches_strconv_quote() {
+        // Expected values are Go's strconv.Quote outputs.
+        assert_eq!(go_quote("i-076e9b91f7c420782"), r#""i-076e9b91f7c420782""#);
+        assert_eq!(go_quote(""), r#""""#);
+        assert_eq!(go_quote(r#"a"b\c"#), r#""a\"b\\c""#);
+        assert_eq!(go_quote("\x07\x08\x0c\n\r\t\x0b"), r#""\a\b\f\n\r\t\v""#);
+        assert_eq!(go_quote("\0\x01\x1b\x7f"), r#""\x00\x01\x1b\x7f""#);
+        assert_eq!(go_quote("\u{80}\u{9f}"), r#""\u0080\u009f""#);
+        assert_eq!(
+            go_quote("a\u{a0}b\u{2028}\u{feff}\u{200b}"),
+            r#""a\u00a0b\u2028\ufeff\u200b""#
+        );
+        assert_eq!(go_quote("\u{e000}\u{10fffd}"), r#""\ue000\U0010fffd""#);
+        assert_eq!(go_quote("héllo 世界 🦀 ünïcödé"), "\"héllo 世界 🦀 ünïcödé\"");
+        assert_eq!(go_quote("tab\there"), r#""tab\there""#);
+    }
+
+    #[test]
+    fn no_candidates_is_not_found() {
+        assert_eq!(
+            select("i-1", None, vec![]),
+            Resolution::NotFound(r#"Instance with id "i-1" not found."#.into())
+        );
+        // Even with a name: Coder checks for candidates first.
+        assert_eq!(
+            select("i-1", Some("dev"), vec![]),
+            Resolution::NotFound(r#"Instance with id "i-1" not found."#.into())
+        );
+    }
+
+    #[test]
+    fn single_candidate_without_name() {
+        assert_eq!(
+            select("i-1", None, vec![cand("dev", 1)]),
+            Resolution::Token(Uuid::from_u128(1), "dev".into())
+        );
+        assert_eq!(
+            select("i-1", Some("  "), vec![cand("dev", 1)]),
+            Resolution::Token(Uuid::from_u128(1), "dev".into())
+        );
+    }
+
+    #[test]
+    fn single_candidate_with_wrong_name_is_404() {
+        assert_eq!(
+            select("i-1", Some("main"), vec![cand("dev", 1)]),
+            Resolution::NoSuchName(r#"No agent found with instance ID "i-1" and name "main"."#.into())
+        );
+    }
+
+    #[test]
+    fn several_candidates_without_name_is_409_sorted_bytewise() {
+        let c = vec![cand("beta", 1), cand("Zeta", 2), cand("alpha", 3), cand("beta", 4)];
+        for name in [None, Some(""), Some(" \t\n ")] {
+            assert_eq!(
+                select("i-\"x\"", name, c.clone()),
+                Resolution::Ambiguous(
+                    r#"Multiple agents found with instance ID "i-\"x\"". Set CODER_AGENT_NAME to one of: Zeta, alpha, beta, beta"#
+                        .into()
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn name_selects_exactly_and_case_sensitively_after_trimming() {
+        let c = vec![cand("alpha", 1), cand("beta", 2)];
+        assert_eq!(
+            select("i-1", Some(" beta\n"), c.clone()),
+            Resolution::Token(Uuid::from_u128(2), "beta".into())
+        );
+        assert_eq!(
+            select("i-1", Some("Beta"), c.clone()),
+            Resolution::NoSuchName(r#"No agent found with instance ID "i-1" and name "Beta"."#.into())
+        );
+        // The name in the message is the trimmed one.
+        assert_eq!(
+            select("i-1", Some(" gamma "), c),
+            Resolution::NoSuchName(r#"No agent found with instance ID "i-1" and name "gamma"."#.into())
+        );
+    }
+
+    #[test]
+    fn duplicate_names_take_the_first_in_query_order() {
+        let c = vec![cand("dev", 7), cand("dev", 8)];
+        assert_eq!(
+            select("i-1", Some("dev"), c),
+            Resolution::Token(Uuid::from_u128(7), "dev".into())
+        );
+    }
+}

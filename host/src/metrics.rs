@@ -1,0 +1,125 @@
+//! Prometheus metrics of `idgate serve`, rendered at `GET /metrics`.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// Labels of the request counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// Provider name.
+    pub provider: String,
+    /// `ok`, `bad_request`, `unauthorized`, `forbidden`, `not_found`, `conflict`,
+    /// `too_large`, `unavailable`, `error`.
+    pub outcome: String,
+}
+
+/// Labels naming a provider.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProviderLabels {
+    /// Provider name.
+    pub provider: String,
+}
+
+/// Labels of plugin faults.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FaultLabels {
+    /// Provider name.
+    pub provider: String,
+    /// `trap`, `deadline` or `memory`.
+    pub kind: String,
+}
+
+/// Every metric the server keeps.
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    requests: Family<RequestLabels, Counter>,
+    verify_seconds: Family<ProviderLabels, Histogram>,
+    resolve_seconds: Histogram,
+    pool_wait_seconds: Histogram,
+    plugin_faults: Family<FaultLabels, Counter>,
+}
+
+fn latency_histogram() -> Histogram {
+    // 100 µs .. ~6.5 s
+    Histogram::new(exponential_buckets(0.0001, 2.0, 17))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let requests = Family::<RequestLabels, Counter>::default();
+        let verify_seconds = Family::<ProviderLabels, Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let resolve_seconds = latency_histogram();
+        let pool_wait_seconds = latency_histogram();
+        let plugin_faults = Family::<FaultLabels, Counter>::default();
+        let mut registry = Registry::with_prefix("idgate");
+        registry.register("requests", "Authentication requests by provider and outcome", requests.clone());
+        registry.register("verify_seconds", "Time spent in the provider plugin", verify_seconds.clone());
+        registry.register("resolve_seconds", "Time spent resolving the agent in PostgreSQL", resolve_seconds.clone());
+        registry.register("pool_wait_seconds", "Time spent waiting for a database connection", pool_wait_seconds.clone());
+        registry.register("plugin_faults", "Plugin traps, deadlines and memory failures", plugin_faults.clone());
+        Metrics {
+            registry: Mutex::new(registry),
+            requests,
+            verify_seconds,
+            resolve_seconds,
+            pool_wait_seconds,
+            plugin_faults,
+        }
+    }
+}
+
+impl Metrics {
+    /// Counts one finished request.
+    pub fn request(&self, provider: &str, outcome: &str) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                provider: provider.to_string(),
+                outcome: outcome.to_string(),
+            })
+            .inc();
+    }
+
+    /// Records a plugin call's duration.
+    pub fn verify_time(&self, provider: &str, d: Duration) {
+        self.verify_seconds
+            .get_or_create(&ProviderLabels {
+                provider: provider.to_string(),
+            })
+            .observe(d.as_secs_f64());
+    }
+
+    /// Records a resolution's duration (including the pool wait).
+    pub fn resolve_time(&self, d: Duration) {
+        self.resolve_seconds.observe(d.as_secs_f64());
+    }
+
+    /// Records how long a request waited for a pooled connection.
+    pub fn pool_wait(&self, d: Duration) {
+        self.pool_wait_seconds.observe(d.as_secs_f64());
+    }
+
+    /// Counts a plugin fault.
+    pub fn plugin_fault(&self, provider: &str, kind: &str) {
+        self.plugin_faults
+            .get_or_create(&FaultLabels {
+                provider: provider.to_string(),
+                kind: kind.to_string(),
+            })
+            .inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+        out
+    }
+}

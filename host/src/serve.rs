@@ -1,0 +1,88 @@
+//! `idgate serve`: start-up (database, plugins, listener), logging, and
+//! graceful shutdown that drains requests and stops the embedded cluster.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::api::{router, ApiLimits, AppState};
+use crate::authenticate::Authenticator;
+use crate::cli::Settings;
+use crate::db::Db;
+use crate::metrics::Metrics;
+
+/// Where `idgate serve` listens unless told otherwise.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:3000";
+
+/// Runs the server until SIGINT or SIGTERM.
+pub async fn serve(settings: &Settings, listen: Option<String>) -> anyhow::Result<()> {
+    let limits = settings.file.host.limits;
+    let pool = settings.pool_settings();
+    let sandbox = Arc::new(settings.sandbox()?);
+    let auth = Authenticator::new(sandbox.clone(), &settings.file)?;
+    let db = Db::open(settings.database_url.as_deref(), pool).await?;
+    let state = Arc::new(AppState {
+        auth,
+        pool: db.pool.clone(),
+        metrics: Metrics::default(),
+        limits: ApiLimits {
+            max_body_bytes: limits.max_body_bytes.unwrap_or(ApiLimits::default().max_body_bytes),
+            request_timeout: limits
+                .request_timeout_ms
+                .map_or(ApiLimits::default().request_timeout, Duration::from_millis),
+        },
+        configured: settings.file.providers.keys().cloned().collect(),
+    });
+    let addr = listen
+        .or_else(|| settings.file.host.listen.clone())
+        .unwrap_or_else(|| DEFAULT_LISTEN.to_string());
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .with_context(|| format!("listening on {addr}"))?;
+    let local = listener.local_addr()?;
+    tracing::info!(
+        addr = %local,
+        plugins = ?sandbox.plugins().iter().map(|p| p.provider.as_str()).collect::<Vec<_>>(),
+        embedded_database = settings.database_url.is_none(),
+        "idgate is serving"
+    );
+    // Scripts and tests read the bound address (port 0 picks a free one).
+    println!("idgate listening on http://{local}");
+    let served = axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await;
+    tracing::info!("shutting down");
+    db.close().await;
+    served.context("serving HTTP")
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
+
+/// Sets up `tracing`: `json` or `pretty` (default), filtered by `RUST_LOG`
+/// (default `info`, sqlx's notices hidden). Logs go to stderr.
+pub fn init_logging(format: Option<&str>) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        Some("json") => builder.json().try_init(),
+        _ => builder.try_init(),
+    };
+}
