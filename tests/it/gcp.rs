@@ -156,7 +156,7 @@ fn malformed_credentials_are_400_never_traps() {
 // ---------------------------------------------------------------------------
 // Test-made keys and tokens.
 
-struct TestKey {
+pub(crate) struct TestKey {
     kid: String,
     private: RsaPrivateKey,
 }
@@ -178,11 +178,11 @@ impl TestKey {
         })
     }
 
-    fn jwks(&self) -> Value {
+    pub(crate) fn jwks(&self) -> Value {
         json!({ "keys": [self.jwk()] })
     }
 
-    fn sign(&self, alg: Algorithm, claims: &Value) -> String {
+    pub(crate) fn sign(&self, alg: Algorithm, claims: &Value) -> String {
         let mut header = Header::new(alg);
         header.kid = Some(self.kid.clone());
         let der = self.private.to_pkcs1_der().unwrap();
@@ -191,8 +191,8 @@ impl TestKey {
 }
 
 /// Two keys made once per test binary (keygen takes a while).
-struct TestKeys {
-    a: TestKey,
+pub(crate) struct TestKeys {
+    pub(crate) a: TestKey,
     b: TestKey,
 }
 
@@ -202,7 +202,7 @@ impl TestKeys {
     }
 }
 
-fn test_keys() -> &'static TestKeys {
+pub(crate) fn test_keys() -> &'static TestKeys {
     static KEYS: OnceLock<TestKeys> = OnceLock::new();
     KEYS.get_or_init(|| TestKeys {
         a: TestKey::new("test-key-a"),

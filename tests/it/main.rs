@@ -4,5 +4,6 @@
 mod aws;
 mod azure;
 mod gcp;
+mod http;
 mod resolve;
 mod sandbox;
