@@ -20,7 +20,7 @@ use serde::Serialize;
 use utoipa::{OpenApi, ToSchema};
 
 use crate::authenticate::{AuthError, Authenticator};
-use crate::db::resolve::{resolve, Resolution};
+use crate::db::resolve::{resolve_measured, Resolution};
 use crate::metrics::Metrics;
 use crate::request::{parse_body, route, BodyError, Route, Validation};
 use crate::sandbox::{CallError, FaultKind};
@@ -126,18 +126,37 @@ pub struct GoogleInstanceIdentityToken {
 /// The OpenAPI description served at `/openapi.json`.
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "idgate", description = "Coder-compatible instance-identity authentication for workspace agents."),
+    info(
+        title = "idgate",
+        description = "Coder-compatible instance-identity authentication for workspace agents."
+    ),
     paths(aws_instance_identity, azure_instance_identity, google_instance_identity),
-    components(schemas(ErrorBody, ValidationBody, TokenBody, AwsInstanceIdentityToken, AzureInstanceIdentityToken, GoogleInstanceIdentityToken))
+    components(schemas(
+        ErrorBody,
+        ValidationBody,
+        TokenBody,
+        AwsInstanceIdentityToken,
+        AzureInstanceIdentityToken,
+        GoogleInstanceIdentityToken
+    ))
 )]
 pub struct ApiDoc;
 
 /// The router with every endpoint.
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
-        .route("/api/v2/workspaceagents/aws-instance-identity", post(aws_instance_identity))
-        .route("/api/v2/workspaceagents/azure-instance-identity", post(azure_instance_identity))
-        .route("/api/v2/workspaceagents/google-instance-identity", post(google_instance_identity))
+        .route(
+            "/api/v2/workspaceagents/aws-instance-identity",
+            post(aws_instance_identity),
+        )
+        .route(
+            "/api/v2/workspaceagents/azure-instance-identity",
+            post(azure_instance_identity),
+        )
+        .route(
+            "/api/v2/workspaceagents/google-instance-identity",
+            post(google_instance_identity),
+        )
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -204,7 +223,9 @@ impl ApiError {
     fn into_response(self) -> Response {
         let mut response = (self.status, Json(self.body)).into_response();
         if self.retry_after {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response
     }
@@ -220,11 +241,15 @@ struct Audit {
 async fn authenticate(state: &AppState, provider: &str, body: Body) -> Response {
     let route = route(provider).expect("handlers exist only for routed providers");
     let mut audit = Audit::default();
-    let result = match tokio::time::timeout(state.limits.request_timeout, attempt(state, route, body, &mut audit)).await {
+    let result = match tokio::time::timeout(state.limits.request_timeout, attempt(state, route, body, &mut audit)).await
+    {
         Ok(result) => result,
         Err(_) => Err(ApiError::unavailable(
             "Request timed out.",
-            Some(format!("no answer within {} ms", state.limits.request_timeout.as_millis())),
+            Some(format!(
+                "no answer within {} ms",
+                state.limits.request_timeout.as_millis()
+            )),
         )),
     };
     let (outcome, status, reason) = match &result {
@@ -256,18 +281,23 @@ async fn authenticate(state: &AppState, provider: &str, body: Body) -> Response 
 }
 
 async fn attempt(state: &AppState, route: &Route, body: Body, audit: &mut Audit) -> Result<String, ApiError> {
-    let bytes = axum::body::to_bytes(body, state.limits.max_body_bytes).await.map_err(|_| {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
-            "Request body is too large.",
-            Some(format!("the limit is {} bytes", state.limits.max_body_bytes)),
-        )
-    })?;
+    let bytes = axum::body::to_bytes(body, state.limits.max_body_bytes)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                "Request body is too large.",
+                Some(format!("the limit is {} bytes", state.limits.max_body_bytes)),
+            )
+        })?;
     let parsed = parse_body(route.provider, &bytes).map_err(|e| match e {
-        BodyError::InvalidJson(detail) => {
-            ApiError::new(StatusCode::BAD_REQUEST, "bad_request", "Request body must be valid JSON.", Some(detail))
-        }
+        BodyError::InvalidJson(detail) => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "Request body must be valid JSON.",
+            Some(detail),
+        ),
         BodyError::Validation(v) => ApiError {
             body: ErrorBody {
                 message: "Validation failed.".into(),
@@ -290,9 +320,11 @@ async fn attempt(state: &AppState, route: &Route, body: Body, audit: &mut Audit)
     audit.instance_id = Some(identity.instance_id.clone());
 
     let started = Instant::now();
-    let resolution = resolve(&state.pool, &identity.instance_id, parsed.agent_name.as_deref()).await;
+    let resolution = resolve_measured(&state.pool, &identity.instance_id, parsed.agent_name.as_deref()).await;
     state.metrics.resolve_time(started.elapsed());
-    match resolution.map_err(database_error)? {
+    let (resolution, pool_wait) = resolution.map_err(database_error)?;
+    state.metrics.pool_wait(pool_wait);
+    match resolution {
         Resolution::Token(token, agent) => {
             audit.agent = Some(agent);
             Ok(token.hyphenated().to_string())
@@ -323,7 +355,10 @@ fn verify_error(state: &AppState, route: &Route, e: AuthError) -> ApiError {
                 VerifyError::BadConfig(_) => ApiError::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "error",
-                    format!("Internal error: the {} plugin's configuration is unusable.", route.provider),
+                    format!(
+                        "Internal error: the {} plugin's configuration is unusable.",
+                        route.provider
+                    ),
                     detail,
                 ),
             }
@@ -334,7 +369,11 @@ fn verify_error(state: &AppState, route: &Route, e: AuthError) -> ApiError {
             format!("No plugin is loaded for provider {p:?}: add its .wasm to the plugin directory."),
             None,
         ),
-        AuthError::Call(CallError::Fault { provider, message, kind }) => {
+        AuthError::Call(CallError::Fault {
+            provider,
+            message,
+            kind,
+        }) => {
             state.metrics.plugin_fault(
                 &provider,
                 match kind {
@@ -392,13 +431,20 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     if problems.is_empty() {
         (StatusCode::OK, "ready\n").into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {}\n", problems.join("; "))).into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {}\n", problems.join("; ")),
+        )
+            .into_response()
     }
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         state.metrics.render(),
     )
         .into_response()

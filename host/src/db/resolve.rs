@@ -3,6 +3,8 @@
 //! One SQL statement fetches every candidate; the choice between them (and the
 //! Coder-compatible 404 / 409 messages) is made in memory by [`select`].
 
+use std::time::{Duration, Instant};
+
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
@@ -63,11 +65,27 @@ pub struct Candidate {
 /// an I/O error before any row is read, and the query is retried on another
 /// connection, a few times at most.
 pub async fn resolve(pool: &PgPool, instance_id: &str, agent_name: Option<&str>) -> Result<Resolution, sqlx::Error> {
+    Ok(resolve_measured(pool, instance_id, agent_name).await?.0)
+}
+
+/// [`resolve`], also returning how long it waited for a pooled connection (the
+/// server's `pool_wait_seconds` metric).
+pub async fn resolve_measured(
+    pool: &PgPool,
+    instance_id: &str,
+    agent_name: Option<&str>,
+) -> Result<(Resolution, Duration), sqlx::Error> {
     let mut attempts = 0;
+    let mut waited = Duration::ZERO;
     let rows = loop {
         attempts += 1;
-        match sqlx::query(RESOLVE_SQL).bind(instance_id).fetch_all(pool).await {
+        let started = Instant::now();
+        let mut conn = pool.acquire().await?;
+        waited += started.elapsed();
+        match sqlx::query(RESOLVE_SQL).bind(instance_id).fetch_all(&mut *conn).await {
             Err(sqlx::Error::Io(e)) if attempts < 3 => {
+                // Do not return a dead connection to the pool.
+                conn.close_on_drop();
                 tracing::debug!(error = %e, "database connection lost; retrying the resolution");
             }
             other => break other?,
@@ -82,7 +100,7 @@ pub async fn resolve(pool: &PgPool, instance_id: &str, agent_name: Option<&str>)
             })
         })
         .collect::<Result<Vec<_>, sqlx::Error>>()?;
-    Ok(select(instance_id, agent_name, candidates))
+    Ok((select(instance_id, agent_name, candidates), waited))
 }
 
 /// Coder's selection rules (stage B of coder-reference §1), applied to the
