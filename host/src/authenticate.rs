@@ -76,7 +76,10 @@ impl Authenticator {
                 .await
                 .map_err(AuthError::Call);
         };
-        let key_set = keys.key_set().await.map_err(|e| AuthError::KeysUnavailable(e.to_string()))?;
+        let key_set = keys
+            .key_set()
+            .await
+            .map_err(|e| AuthError::KeysUnavailable(e.to_string()))?;
         let first = self
             .sandbox
             .verify_async(provider, credential.clone(), KeyCache::inject(block, key_set), now)
@@ -87,7 +90,10 @@ impl Authenticator {
             Err(CallError::Rejected(VerifyError::UntrustedSigner(ref reason)))
                 if reason.contains(crate::jwks::UNKNOWN_KID_MARKER) && keys.refresh_for_unknown_kid().await =>
             {
-                let key_set = keys.key_set().await.map_err(|e| AuthError::KeysUnavailable(e.to_string()))?;
+                let key_set = keys
+                    .key_set()
+                    .await
+                    .map_err(|e| AuthError::KeysUnavailable(e.to_string()))?;
                 self.sandbox
                     .verify_async(provider, credential, KeyCache::inject(block, key_set), now)
                     .await

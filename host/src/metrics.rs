@@ -53,16 +53,37 @@ fn latency_histogram() -> Histogram {
 impl Default for Metrics {
     fn default() -> Self {
         let requests = Family::<RequestLabels, Counter>::default();
-        let verify_seconds = Family::<ProviderLabels, Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let verify_seconds =
+            Family::<ProviderLabels, Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
         let resolve_seconds = latency_histogram();
         let pool_wait_seconds = latency_histogram();
         let plugin_faults = Family::<FaultLabels, Counter>::default();
         let mut registry = Registry::with_prefix("idgate");
-        registry.register("requests", "Authentication requests by provider and outcome", requests.clone());
-        registry.register("verify_seconds", "Time spent in the provider plugin", verify_seconds.clone());
-        registry.register("resolve_seconds", "Time spent resolving the agent in PostgreSQL", resolve_seconds.clone());
-        registry.register("pool_wait_seconds", "Time spent waiting for a database connection", pool_wait_seconds.clone());
-        registry.register("plugin_faults", "Plugin traps, deadlines and memory failures", plugin_faults.clone());
+        registry.register(
+            "requests",
+            "Authentication requests by provider and outcome",
+            requests.clone(),
+        );
+        registry.register(
+            "verify_seconds",
+            "Time spent in the provider plugin",
+            verify_seconds.clone(),
+        );
+        registry.register(
+            "resolve_seconds",
+            "Time spent resolving the agent in PostgreSQL",
+            resolve_seconds.clone(),
+        );
+        registry.register(
+            "pool_wait_seconds",
+            "Time spent waiting for a database connection",
+            pool_wait_seconds.clone(),
+        );
+        registry.register(
+            "plugin_faults",
+            "Plugin traps, deadlines and memory failures",
+            plugin_faults.clone(),
+        );
         Metrics {
             registry: Mutex::new(registry),
             requests,

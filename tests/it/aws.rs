@@ -17,7 +17,10 @@ fn verify(credential: serde_json::Value, config: serde_json::Value) -> Result<Id
 }
 
 fn coder_vector() -> (String, String) {
-    (read_data("aws/coder_iid_document.json"), read_data("aws/coder_iid_signature.b64"))
+    (
+        read_data("aws/coder_iid_document.json"),
+        read_data("aws/coder_iid_signature.b64"),
+    )
 }
 
 fn rejected(result: Result<Identity, CallError>) -> VerifyError {
@@ -129,7 +132,10 @@ fn unknown_region_and_bad_config_are_named() {
         other => panic!("{other:?}"),
     }
     assert!(matches!(
-        rejected(verify(json!({"document": document, "signature": signature}), json!({"alowed_accounts": []}))),
+        rejected(verify(
+            json!({"document": document, "signature": signature}),
+            json!({"alowed_accounts": []})
+        )),
         VerifyError::BadConfig(_)
     ));
     assert!(matches!(
@@ -156,7 +162,10 @@ impl TestSigner {
             .unwrap()
             .self_signed(&key_pair)
             .unwrap();
-        TestSigner { key, cert_pem: cert.pem() }
+        TestSigner {
+            key,
+            cert_pem: cert.pem(),
+        }
     }
 
     fn sign(&self, document: &str) -> String {
@@ -187,18 +196,27 @@ fn test_made_keys_region_selection_allow_lists_and_max_age() {
     let id = verify(cred.clone(), config(json!({}))).unwrap();
     assert_eq!(id.instance_id, "i-0test");
     // Without the configured certificate, the region is unknown.
-    assert!(matches!(rejected(verify(cred.clone(), json!({}))), VerifyError::UntrustedSigner(_)));
+    assert!(matches!(
+        rejected(verify(cred.clone(), json!({}))),
+        VerifyError::UntrustedSigner(_)
+    ));
     // The same document claiming a built-in region is checked against AWS's key.
     let doc_east = test_document("us-east-1", "111122223333", "2026-05-27T00:00:00Z");
     assert!(matches!(
-        rejected(verify(json!({"document": doc_east, "signature": signer.sign(&doc_east)}), json!({}))),
+        rejected(verify(
+            json!({"document": doc_east, "signature": signer.sign(&doc_east)}),
+            json!({})
+        )),
         VerifyError::BadSignature(_)
     ));
 
     // Allow-lists: 403-class refusals, distinct from bad signatures.
     assert!(verify(cred.clone(), config(json!({"allowed_accounts": ["111122223333"]}))).is_ok());
     assert!(matches!(
-        rejected(verify(cred.clone(), config(json!({"allowed_accounts": ["999999999999"]})))),
+        rejected(verify(
+            cred.clone(),
+            config(json!({"allowed_accounts": ["999999999999"]}))
+        )),
         VerifyError::Refused(_)
     ));
     assert!(verify(cred.clone(), config(json!({"allowed_regions": ["eu-test-1"]}))).is_ok());
@@ -225,7 +243,14 @@ fn the_built_in_table_covers_the_three_partitions() {
             let key = key_of(certificate_pem(table, region).unwrap(), "built-in").unwrap();
             assert!(key.bits >= 1024, "{region}");
         }
-        for region in ["us-east-1", "eu-west-1", "cn-north-1", "cn-northwest-1", "us-gov-east-1", "us-gov-west-1"] {
+        for region in [
+            "us-east-1",
+            "eu-west-1",
+            "cn-north-1",
+            "cn-northwest-1",
+            "us-gov-east-1",
+            "us-gov-west-1",
+        ] {
             assert!(listed.iter().any(|r| r == region), "{table:?} lacks {region}");
         }
     }

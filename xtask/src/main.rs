@@ -134,7 +134,16 @@ fn impersonating_fixture(built: &Path) -> Result {
     std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     let file = built.join("idgate_fixture_misbehave.wasm");
     let keep = std::fs::read(&file).map_err(|e| format!("reading {}: {e}", file.display()))?;
-    cargo(&["build", "--release", "--target", WASM_TARGET, "-p", "idgate-fixture-misbehave", "--features", "impersonate-aws"])?;
+    cargo(&[
+        "build",
+        "--release",
+        "--target",
+        WASM_TARGET,
+        "-p",
+        "idgate-fixture-misbehave",
+        "--features",
+        "impersonate-aws",
+    ])?;
     std::fs::copy(&file, dir.join("aws.wasm")).map_err(|e| format!("copying the aws impersonator: {e}"))?;
     std::fs::write(&file, keep).map_err(|e| format!("restoring {}: {e}", file.display()))?;
     Ok(())

@@ -62,11 +62,9 @@ impl Config {
             }
         }
         if self.max_age_secs > 0 {
-            let pending = doc
-                .pending_time
-                .as_deref()
-                .and_then(parse_rfc3339)
-                .ok_or_else(|| VerifyError::Malformed("max_age_secs is set but pendingTime is missing or invalid".into()))?;
+            let pending = doc.pending_time.as_deref().and_then(parse_rfc3339).ok_or_else(|| {
+                VerifyError::Malformed("max_age_secs is set but pendingTime is missing or invalid".into())
+            })?;
             let age = now.saturating_sub(pending);
             if age > self.max_age_secs as i64 {
                 return Err(VerifyError::Expired(format!(

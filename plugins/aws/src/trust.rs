@@ -116,7 +116,13 @@ mod tests {
 
     #[test]
     fn partitions_are_covered() {
-        for region in ["us-east-1", "cn-north-1", "cn-northwest-1", "us-gov-west-1", "us-gov-east-1"] {
+        for region in [
+            "us-east-1",
+            "cn-north-1",
+            "cn-northwest-1",
+            "us-gov-west-1",
+            "us-gov-east-1",
+        ] {
             assert!(certificate_pem(Table::Rsa1024, region).is_some(), "{region}");
             assert!(certificate_pem(Table::Rsa2048, region).is_some(), "{region}");
         }

@@ -9,7 +9,9 @@ impl Provider for Azure {
     const NAME: &'static str = "azure";
 
     fn verify(_crypto: &dyn Crypto, _credential: &str, _config: &str, _now: i64) -> Result<Identity, VerifyError> {
-        Err(VerifyError::BadConfig("the Azure verifier is not implemented yet".into()))
+        Err(VerifyError::BadConfig(
+            "the Azure verifier is not implemented yet".into(),
+        ))
     }
 }
 
