@@ -40,15 +40,25 @@ impl Provider for Aws {
         let config = Config::parse(config)?;
         let cred: Credential = serde_json::from_str(credential)
             .map_err(|e| VerifyError::Malformed(format!("credential is not a JSON object of strings: {e}")))?;
-        for (name, field) in [("signature", &cred.signature), ("document", &cred.document), ("pkcs7", &cred.pkcs7)] {
+        for (name, field) in [
+            ("signature", &cred.signature),
+            ("document", &cred.document),
+            ("pkcs7", &cred.pkcs7),
+        ] {
             if field.as_ref().is_some_and(|f| f.len() > MAX_FIELD_BYTES) {
-                return Err(VerifyError::Malformed(format!("{name} is larger than {MAX_FIELD_BYTES} bytes")));
+                return Err(VerifyError::Malformed(format!(
+                    "{name} is larger than {MAX_FIELD_BYTES} bytes"
+                )));
             }
         }
         fn nonempty(f: &Option<String>) -> Option<&str> {
             f.as_deref().filter(|s| !s.trim().is_empty())
         }
-        let (doc, form) = match (nonempty(&cred.signature), nonempty(&cred.document), nonempty(&cred.pkcs7)) {
+        let (doc, form) = match (
+            nonempty(&cred.signature),
+            nonempty(&cred.document),
+            nonempty(&cred.pkcs7),
+        ) {
             (_, _, Some(_)) => {
                 return Err(VerifyError::Malformed(
                     "the pkcs7 form is not supported by this build; send signature and document".into(),
