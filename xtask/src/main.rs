@@ -168,6 +168,8 @@ fn run(extra: &[String]) -> Result {
 
 fn test(extra: &[String]) -> Result {
     plugins(&[])?;
+    // The HTTP tests run the real `idgate` binary, which `cargo test` alone does not build.
+    cargo(&["build", "-p", "idgate"])?;
     let mut args = vec!["test", "--workspace"];
     args.extend(extra.iter().map(String::as_str));
     cargo(&args)
