@@ -1,6 +1,30 @@
-//! Azure instance identity verifier (placeholder until its issue lands).
+//! Azure instance identity verifier: the attested-data PKCS#7 that IMDS serves at
+//! `/metadata/attested/document`, as Coder's agents send it
+//! (`{"signature": "<base64 DER PKCS#7>", "encoding": "..."}`).
+//!
+//! Checks, in order, at the host's `now`:
+//! 1. the CMS signature of the document (directly over the content: Azure sends
+//!    no signed attributes) with the key of the certificate the PKCS#7 carries —
+//!    Coder skipped this (GHSA-6x44-w3xg-hqqf);
+//! 2. that certificate's chain to a pinned root ([`chain`], [`trust`], config);
+//! 3. the signer's CN or a DNS SAN is an IMDS name ([`signer_name`]);
+//! 4. `timeStamp.expiresOn` has not passed (unless configured off);
+//! 5. the subscription is allowed, if the operator set an allow-list.
 
-use idgate_plugin_kit::{Crypto, Identity, Provider, VerifyError};
+pub mod cert;
+pub mod chain;
+pub mod config;
+pub mod document;
+pub mod signer_name;
+pub mod trust;
+
+use idgate_plugin_kit::time::format_rfc3339;
+use idgate_plugin_kit::{encoding, signed_data, Crypto, Identity, Provider, VerifyError};
+
+use crate::cert::Cert;
+use crate::chain::TrustStore;
+use crate::config::Config;
+use crate::document::{parse_azure_time, Document};
 
 /// The Azure provider.
 pub struct Azure;
@@ -8,11 +32,108 @@ pub struct Azure;
 impl Provider for Azure {
     const NAME: &'static str = "azure";
 
-    fn verify(_crypto: &dyn Crypto, _credential: &str, _config: &str, _now: i64) -> Result<Identity, VerifyError> {
-        Err(VerifyError::BadConfig(
-            "the Azure verifier is not implemented yet".into(),
-        ))
+    fn verify(crypto: &dyn Crypto, credential: &str, config: &str, now: i64) -> Result<Identity, VerifyError> {
+        let config = Config::parse(config)?;
+        let pkcs7 = credential_pkcs7(credential)?;
+        verify_pkcs7(crypto, &pkcs7, &config, now)
     }
 }
 
 idgate_plugin_kit::export_provider!(Azure);
+
+/// The PKCS#7 bytes from the credential JSON (`signature`, base64).
+fn credential_pkcs7(credential: &str) -> Result<Vec<u8>, VerifyError> {
+    let value: serde_json::Value =
+        serde_json::from_str(credential).map_err(|e| VerifyError::Malformed(format!("credential is not JSON: {e}")))?;
+    let signature = value
+        .get("signature")
+        .and_then(|s| s.as_str())
+        .ok_or_else(|| VerifyError::Malformed("credential has no string `signature`".into()))?;
+    encoding::base64_decode(signature).map_err(|e| VerifyError::Malformed(format!("`signature`: {e}")))
+}
+
+/// Verifies an attested-data PKCS#7 (DER) under `config` at `now`.
+pub fn verify_pkcs7(crypto: &dyn Crypto, pkcs7: &[u8], config: &Config, now: i64) -> Result<Identity, VerifyError> {
+    // 1. The document's signature, with the signer certificate's key.
+    let signed = signed_data::parse(pkcs7)?;
+    let signer_der = signed
+        .find_signer_certificate(&[])
+        .ok_or_else(|| VerifyError::UntrustedSigner("the PKCS#7 does not carry its signer's certificate".into()))?;
+    let signer = Cert::parse(signer_der)
+        .map_err(|e| VerifyError::Malformed(format!("signer certificate in the PKCS#7: {e}")))?;
+    signed.verify_signer(crypto, &signer.spki, false)?;
+
+    // 2. The signer certificate's chain to a pinned root.
+    let builtin = trust::builtin().map_err(|e| VerifyError::BadConfig(format!("built-in Azure certificates: {e}")))?;
+    let mut store = TrustStore {
+        roots: builtin.roots.iter().chain(&config.roots).cloned().collect(),
+        intermediates: builtin
+            .intermediates
+            .iter()
+            .chain(&config.intermediates)
+            .cloned()
+            .collect(),
+    };
+    // Certificates the PKCS#7 carries may serve as intermediates, never as roots.
+    store.intermediates.extend(
+        signed
+            .certificates()
+            .iter()
+            .filter(|der| der.as_slice() != signer_der)
+            .filter_map(|der| Cert::parse(der).ok()),
+    );
+    chain::validate(crypto, &signer, &store, now)?;
+
+    // 3. The signer is an IMDS endpoint.
+    let names: Vec<&String> = signer.common_names.iter().chain(&signer.dns_names).collect();
+    if !names.iter().any(|n| signer_name::is_imds_signer(n)) {
+        return Err(VerifyError::UntrustedSigner(format!(
+            "signer certificate {} is not an Azure IMDS certificate (names: {names:?})",
+            signer.label()
+        )));
+    }
+
+    // 4. The document itself.
+    let doc = Document::parse(signed.content())?;
+    let (created_on, expires_on) = match &doc.time_stamp {
+        Some(ts) => (ts.created_on.as_str(), ts.expires_on.as_str()),
+        None => ("", ""),
+    };
+    let expires_at = parse_azure_time(expires_on);
+    if config.check_expires_on {
+        let at = expires_at.ok_or_else(|| {
+            VerifyError::Malformed(format!(
+                "attested document has no valid timeStamp.expiresOn ({expires_on:?})"
+            ))
+        })?;
+        if now > at {
+            return Err(VerifyError::Expired(format!(
+                "attested document expired: expiresOn {} is before {}",
+                format_rfc3339(at),
+                format_rfc3339(now)
+            )));
+        }
+    }
+
+    // 5. The operator's allow-list.
+    if let Some(allowed) = &config.allowed_subscriptions {
+        if !allowed.iter().any(|s| s.eq_ignore_ascii_case(&doc.subscription_id)) {
+            return Err(VerifyError::Refused(format!(
+                "subscription {:?} is not in allowed_subscriptions",
+                doc.subscription_id
+            )));
+        }
+    }
+
+    let as_rfc3339 = |raw: &str| {
+        parse_azure_time(raw)
+            .map(format_rfc3339)
+            .unwrap_or_else(|| raw.to_string())
+    };
+    Ok(Identity::new(doc.vm_id.clone())
+        .with("subscriptionId", doc.subscription_id.clone())
+        .with("nonce", doc.nonce.clone())
+        .with("createdOn", as_rfc3339(created_on))
+        .with("expiresOn", as_rfc3339(expires_on))
+        .with("signer", signer.common_names.first().cloned().unwrap_or_default()))
+}

@@ -7,8 +7,10 @@
 //! [`Crypto`] trait, the same code also runs natively (the host's benchmarks
 //! compare the two).
 
+pub mod ber;
 pub mod encoding;
 pub mod pem;
+pub mod signed_data;
 pub mod time;
 
 #[cfg(target_arch = "wasm32")]

@@ -1,0 +1,182 @@
+//! The parts of an X.509 certificate that path validation and the signer-name
+//! check need, decoded once.
+
+use der::asn1::{Ia5StringRef, PrintableStringRef, Utf8StringRef};
+use der::{Decode, Encode, Tag, Tagged};
+use idgate_plugin_kit::ber;
+use idgate_plugin_kit::time::format_rfc3339;
+use x509_cert::ext::pkix::name::GeneralName;
+use x509_cert::ext::pkix::{BasicConstraints, KeyUsage, SubjectAltName};
+use x509_cert::name::Name;
+use x509_cert::Certificate;
+
+const ID_CE_BASIC_CONSTRAINTS: &str = "2.5.29.19";
+const ID_CE_KEY_USAGE: &str = "2.5.29.15";
+const ID_CE_SUBJECT_ALT_NAME: &str = "2.5.29.17";
+/// Extensions we either process or that carry no constraint we must enforce:
+/// SKI, AKI, EKU, certificatePolicies, CRL distribution points, AIA, SCTs.
+/// Any other extension marked critical makes the certificate unusable (RFC 5280 4.2).
+const UNDERSTOOD: [&str; 10] = [
+    ID_CE_BASIC_CONSTRAINTS,
+    ID_CE_KEY_USAGE,
+    ID_CE_SUBJECT_ALT_NAME,
+    "2.5.29.14",
+    "2.5.29.35",
+    "2.5.29.37",
+    "2.5.29.32",
+    "2.5.29.31",
+    "1.3.6.1.5.5.7.1.1",
+    "1.3.6.1.4.1.11129.2.4.2",
+];
+const ID_AT_COMMON_NAME: &str = "2.5.4.3";
+
+/// A decoded certificate.
+#[derive(Debug, Clone)]
+pub struct Cert {
+    /// The whole certificate, DER.
+    pub der: Vec<u8>,
+    /// The original TBSCertificate bytes: what the issuer signed.
+    pub tbs: Vec<u8>,
+    /// The SubjectPublicKeyInfo, DER.
+    pub spki: Vec<u8>,
+    /// The outer signatureAlgorithm OID.
+    pub signature_alg: String,
+    /// The signature bits.
+    pub signature: Vec<u8>,
+    /// Subject name.
+    pub subject: Name,
+    /// Issuer name.
+    pub issuer: Name,
+    /// notBefore, Unix seconds.
+    pub not_before: i64,
+    /// notAfter, Unix seconds.
+    pub not_after: i64,
+    /// basicConstraints: (cA, pathLenConstraint); `None` if absent.
+    pub basic_constraints: Option<(bool, Option<u8>)>,
+    /// keyUsage: (keyCertSign, digitalSignature); `None` if absent.
+    pub key_usage: Option<(bool, bool)>,
+    /// Common names in the subject.
+    pub common_names: Vec<String>,
+    /// DNS names in subjectAltName.
+    pub dns_names: Vec<String>,
+    /// The OID of a critical extension we do not understand, if any.
+    pub unknown_critical: Option<String>,
+}
+
+impl Cert {
+    /// Decodes a DER certificate; the error says what is wrong.
+    pub fn parse(der: &[u8]) -> Result<Cert, String> {
+        let cert = Certificate::from_der(der).map_err(|e| format!("not an X.509 certificate: {e}"))?;
+        let outer = ber::der_element(der)?;
+        let tbs = ber::der_elements(outer.content)?
+            .first()
+            .map(|t| t.whole.to_vec())
+            .ok_or("certificate without TBSCertificate")?;
+        let tbs_cert = &cert.tbs_certificate;
+        if tbs_cert.signature != cert.signature_algorithm {
+            return Err("inner and outer signature algorithms differ".into());
+        }
+        let signature = cert
+            .signature
+            .as_bytes()
+            .ok_or("signature BIT STRING has unused bits")?
+            .to_vec();
+        let spki = tbs_cert
+            .subject_public_key_info
+            .to_der()
+            .map_err(|e| format!("public key: {e}"))?;
+        let mut out = Cert {
+            der: der.to_vec(),
+            tbs,
+            spki,
+            signature_alg: cert.signature_algorithm.oid.to_string(),
+            signature,
+            subject: tbs_cert.subject.clone(),
+            issuer: tbs_cert.issuer.clone(),
+            not_before: idgate_plugin_kit::time::x509_unix(&tbs_cert.validity.not_before),
+            not_after: idgate_plugin_kit::time::x509_unix(&tbs_cert.validity.not_after),
+            basic_constraints: None,
+            key_usage: None,
+            common_names: common_names(&tbs_cert.subject),
+            dns_names: Vec::new(),
+            unknown_critical: None,
+        };
+        for ext in tbs_cert.extensions.iter().flatten() {
+            let oid = ext.extn_id.to_string();
+            let value = ext.extn_value.as_bytes();
+            match oid.as_str() {
+                ID_CE_BASIC_CONSTRAINTS => {
+                    let bc = BasicConstraints::from_der(value).map_err(|e| format!("basicConstraints: {e}"))?;
+                    out.basic_constraints = Some((bc.ca, bc.path_len_constraint));
+                }
+                ID_CE_KEY_USAGE => {
+                    let ku = KeyUsage::from_der(value).map_err(|e| format!("keyUsage: {e}"))?;
+                    out.key_usage = Some((ku.key_cert_sign(), ku.digital_signature()));
+                }
+                ID_CE_SUBJECT_ALT_NAME => {
+                    let san = SubjectAltName::from_der(value).map_err(|e| format!("subjectAltName: {e}"))?;
+                    out.dns_names = san
+                        .0
+                        .iter()
+                        .filter_map(|n| match n {
+                            GeneralName::DnsName(d) => Some(d.to_string()),
+                            _ => None,
+                        })
+                        .collect();
+                }
+                _ if ext.critical && !UNDERSTOOD.contains(&oid.as_str()) => out.unknown_critical = Some(oid),
+                _ => {}
+            }
+        }
+        Ok(out)
+    }
+
+    /// A short name for messages: the first CN, else the whole subject.
+    pub fn label(&self) -> String {
+        match self.common_names.first() {
+            Some(cn) => format!("'{cn}'"),
+            None => format!("'{}'", self.subject),
+        }
+    }
+
+    /// `None` if valid at `now`, else why not.
+    pub fn validity_error(&self, now: i64) -> Option<String> {
+        if now < self.not_before || now > self.not_after {
+            Some(format!(
+                "certificate {} is not valid at {}: valid from {} to {}",
+                self.label(),
+                format_rfc3339(now),
+                format_rfc3339(self.not_before),
+                format_rfc3339(self.not_after)
+            ))
+        } else {
+            None
+        }
+    }
+
+    /// Whether the subject is the issuer (a self-issued certificate).
+    pub fn self_issued(&self) -> bool {
+        self.subject == self.issuer
+    }
+}
+
+/// The subject's commonName values that are text.
+fn common_names(name: &Name) -> Vec<String> {
+    let mut out = Vec::new();
+    for rdn in name.0.iter() {
+        for atv in rdn.0.iter() {
+            if atv.oid.to_string() != ID_AT_COMMON_NAME {
+                continue;
+            }
+            let v = &atv.value;
+            let text = match v.tag() {
+                Tag::Utf8String => Utf8StringRef::try_from(v).ok().map(|s| s.as_str().to_string()),
+                Tag::PrintableString => PrintableStringRef::try_from(v).ok().map(|s| s.as_str().to_string()),
+                Tag::Ia5String => Ia5StringRef::try_from(v).ok().map(|s| s.as_str().to_string()),
+                _ => None,
+            };
+            out.extend(text);
+        }
+    }
+    out
+}
