@@ -1,4 +1,5 @@
-//! The `[aws]` configuration block and the policy it sets.
+//! The `[aws]` configuration block: extra or overriding certificates, and the
+//! policy (allow-lists, freshness) applied to a verified document.
 
 use std::collections::BTreeMap;
 
@@ -7,73 +8,211 @@ use idgate_plugin_kit::VerifyError;
 use serde::Deserialize;
 
 use crate::document::Document;
-use crate::trust::{self, Key, Table};
+use crate::trust::{self, Key, KeyKind, Table};
 
-/// Operator configuration; every key optional, unknown keys refused.
+/// Most certificates one region's entry may hold (each is tried in turn).
+const MAX_CERTS_PER_REGION: usize = 8;
+
+/// What a key is wanted for: the credential form being checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// IMDS `/signature` (RSA PKCS#1 v1.5 over the document).
+    Signature,
+    /// IMDS `/rsa2048` PKCS#7.
+    Rsa2048,
+    /// IMDS `/pkcs7`, the legacy DSA PKCS#7.
+    Dsa,
+}
+
+impl Purpose {
+    fn fits(self, kind: KeyKind) -> bool {
+        match self {
+            Purpose::Signature | Purpose::Rsa2048 => matches!(kind, KeyKind::Rsa { .. }),
+            Purpose::Dsa => kind == KeyKind::Dsa,
+        }
+    }
+}
+
+/// The block as written; every key optional, unknown keys refused (typos).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    certificates: BTreeMap<String, String>,
+    #[serde(default)]
+    allowed_accounts: Vec<String>,
+    #[serde(default)]
+    allowed_regions: Vec<String>,
+    #[serde(default)]
+    max_age_secs: u64,
+}
+
+/// Operator configuration, with configured certificates already parsed.
+#[derive(Debug, Default)]
 pub struct Config {
-    /// Region → PEM certificate, adding to or overriding the built-in table.
-    #[serde(default)]
-    pub certificates: BTreeMap<String, String>,
+    /// Region → the keys of its configured certificates (RSA and/or DSA).
+    certificates: BTreeMap<String, Vec<Key>>,
     /// Accounts allowed (empty: any).
-    #[serde(default)]
-    pub allowed_accounts: Vec<String>,
+    allowed_accounts: Vec<String>,
     /// Regions allowed (empty: any).
-    #[serde(default)]
-    pub allowed_regions: Vec<String>,
-    /// Refuse documents whose `pendingTime` is older than this (0: off).
-    #[serde(default)]
-    pub max_age_secs: u64,
+    allowed_regions: Vec<String>,
+    /// Refuse documents whose `pendingTime` is older than this many seconds (0: off).
+    max_age_secs: u64,
 }
 
 impl Config {
-    /// Parses the block (`{}` or empty means defaults).
+    /// Parses the block (`{}` or an empty string means defaults). Every
+    /// configured certificate is checked here, so a bad one is reported
+    /// whichever region a credential names.
     pub fn parse(text: &str) -> Result<Config, VerifyError> {
-        if text.trim().is_empty() {
-            return Ok(Config::default());
+        let bad = |m: String| VerifyError::BadConfig(format!("[aws] {m}"));
+        let raw: RawConfig = if text.trim().is_empty() {
+            RawConfig::default()
+        } else if !text.trim_start().starts_with('{') {
+            // serde would read a JSON array positionally.
+            return Err(bad("the configuration is not a JSON object".into()));
+        } else {
+            serde_json::from_str(text).map_err(|e| bad(e.to_string()))?
+        };
+        let mut certificates = BTreeMap::new();
+        for (region, pem) in raw.certificates {
+            let at = |m: String| bad(format!("certificates.{region:?}: {m}"));
+            if region.trim().is_empty() || region.contains(char::is_whitespace) {
+                return Err(at("is not a region code".into()));
+            }
+            let ders = idgate_plugin_kit::pem::certificates(&pem).map_err(&at)?;
+            if ders.is_empty() {
+                return Err(at("holds no PEM CERTIFICATE block".into()));
+            }
+            if ders.len() > MAX_CERTS_PER_REGION {
+                return Err(at(format!(
+                    "{} certificates; at most {MAX_CERTS_PER_REGION}",
+                    ders.len()
+                )));
+            }
+            let keys = ders
+                .into_iter()
+                .enumerate()
+                .map(|(i, der)| {
+                    trust::key_of_der(der, "configured").map_err(|e| at(format!("certificate {}: {e}", i + 1)))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            certificates.insert(region, keys);
         }
-        serde_json::from_str(text).map_err(|e| VerifyError::BadConfig(format!("[aws]: {e}")))
+        Ok(Config {
+            certificates,
+            allowed_accounts: raw.allowed_accounts,
+            allowed_regions: raw.allowed_regions,
+            max_age_secs: raw.max_age_secs,
+        })
     }
 
-    /// The RSA key for the `/signature` form in `region`: configured first, then built in.
-    pub fn rsa_key(&self, region: &str) -> Result<Key, VerifyError> {
-        if let Some(pem) = self.certificates.get(region) {
-            return trust::key_of(pem, "configured")
-                .map_err(|e| VerifyError::BadConfig(format!("[aws.certificates] {region:?}: {e}")));
+    /// The keys trusted for `purpose` in `region`, possibly none.
+    ///
+    /// The rule: a region's configured certificates replace the built-in ones
+    /// for every form their key type serves — RSA keys (any size from 1024 bits)
+    /// serve `signature` and `rsa2048`, DSA keys the legacy PKCS#7 — and the
+    /// built-in table still serves the forms they do not. Built in: the RSA-1024
+    /// table for `signature`, the RSA-2048 table for `rsa2048`, and AWS's DSA
+    /// certificate for every region the tables list.
+    pub fn keys(&self, region: &str, purpose: Purpose) -> Result<Vec<Key>, VerifyError> {
+        let configured: Vec<Key> = self
+            .certificates
+            .get(region)
+            .into_iter()
+            .flatten()
+            .filter(|k| purpose.fits(k.kind))
+            .cloned()
+            .collect();
+        if !configured.is_empty() {
+            return Ok(configured);
         }
-        let pem = trust::certificate_pem(Table::Rsa1024, region).ok_or_else(|| {
-            VerifyError::UntrustedSigner(format!(
-                "no certificate for region {region:?}: add one under [aws.certificates]"
-            ))
-        })?;
-        trust::key_of(pem, "built-in").map_err(VerifyError::BadConfig)
+        let pem = match purpose {
+            Purpose::Signature => trust::certificate_pem(Table::Rsa1024, region),
+            Purpose::Rsa2048 => trust::certificate_pem(Table::Rsa2048, region),
+            Purpose::Dsa => trust::is_known_region(region).then_some(trust::DSA),
+        };
+        match pem {
+            Some(pem) => trust::key_of(pem, "built-in")
+                .map(|k| vec![k])
+                .map_err(|e| VerifyError::BadConfig(format!("built-in certificate for region {region:?}: {e}"))),
+            None => Ok(Vec::new()),
+        }
     }
 
     /// Allow-lists and freshness, checked on a verified document.
     pub fn check_policy(&self, doc: &Document, now: i64) -> Result<(), VerifyError> {
         if !self.allowed_regions.is_empty() && !self.allowed_regions.contains(&doc.region) {
-            return Err(VerifyError::Refused(format!("region {:?} is not allowed", doc.region)));
+            return Err(VerifyError::Refused(format!(
+                "region {:?} is not in allowed_regions",
+                doc.region
+            )));
         }
         if !self.allowed_accounts.is_empty() {
             let account = doc.account_id.as_deref().unwrap_or("");
             if !self.allowed_accounts.iter().any(|a| a == account) {
-                return Err(VerifyError::Refused(format!("account {account:?} is not allowed")));
+                return Err(VerifyError::Refused(format!(
+                    "account {account:?} is not in allowed_accounts"
+                )));
             }
         }
         if self.max_age_secs > 0 {
-            let pending = doc.pending_time.as_deref().and_then(parse_rfc3339).ok_or_else(|| {
-                VerifyError::Malformed("max_age_secs is set but pendingTime is missing or invalid".into())
+            let text = doc.pending_time.as_deref().unwrap_or("");
+            let pending = parse_rfc3339(text).ok_or_else(|| {
+                VerifyError::Malformed(format!(
+                    "max_age_secs is set but the document's pendingTime {text:?} is missing or not RFC 3339"
+                ))
             })?;
             let age = now.saturating_sub(pending);
-            if age > self.max_age_secs as i64 {
+            if u64::try_from(age).is_ok_and(|age| age > self.max_age_secs) {
                 return Err(VerifyError::Expired(format!(
-                    "document is {age} s old (pendingTime {}), more than max_age_secs {}",
-                    doc.pending_time.as_deref().unwrap_or(""),
+                    "the document's pendingTime {text} is {age} s before the verification time, more than max_age_secs = {}",
                     self.max_age_secs
                 )));
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_typos() {
+        assert!(Config::parse("{}").is_ok());
+        assert!(Config::parse("").is_ok());
+        for bad in [
+            r#"{"alowed_accounts": []}"#,
+            r#"{"max_age_secs": -1}"#,
+            r#"{"certificates": {"us-east-1": "not a pem"}}"#,
+            r#"{"certificates": {"us-east-1": "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----"}}"#,
+            r#"{"certificates": {" ": ""}}"#,
+            "[]",
+            "nonsense",
+        ] {
+            assert!(matches!(Config::parse(bad), Err(VerifyError::BadConfig(_))), "{bad}");
+        }
+    }
+
+    #[test]
+    fn configured_keys_replace_built_in_ones_by_type() {
+        let af = trust::certificate_pem(Table::Rsa1024, "af-south-1").unwrap();
+        let config = Config::parse(&serde_json::json!({"certificates": {"us-east-1": af}}).to_string()).unwrap();
+        let sig = config.keys("us-east-1", Purpose::Signature).unwrap();
+        assert_eq!((sig.len(), sig[0].source), (1, "configured"));
+        // The configured RSA key serves rsa2048 too; DSA stays built in.
+        assert_eq!(
+            config.keys("us-east-1", Purpose::Rsa2048).unwrap()[0].source,
+            "configured"
+        );
+        assert_eq!(config.keys("us-east-1", Purpose::Dsa).unwrap()[0].kind, KeyKind::Dsa);
+        assert_eq!(
+            config.keys("us-east-2", Purpose::Signature).unwrap()[0].source,
+            "built-in"
+        );
+        assert!(config.keys("mars-1", Purpose::Signature).unwrap().is_empty());
+        assert!(config.keys("mars-1", Purpose::Dsa).unwrap().is_empty());
     }
 }

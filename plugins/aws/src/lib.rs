@@ -1,31 +1,37 @@
 //! AWS instance identity verifier.
 //!
 //! Accepts what an EC2 instance can fetch from IMDS: the document with its
-//! base64 RSA-SHA256 `signature` (what Coder's agent sends), and — once the kit's
-//! PKCS#7 support lands — the rsa2048 and legacy DSA PKCS#7 forms in `pkcs7`.
-//! The certificate is chosen by the document's `region` from a built-in table of
-//! AWS's published regional certificates (aws, aws-cn, aws-us-gov), which
-//! operators can extend or override. Only the public key is used: AWS's default
+//! base64 RSA-SHA256 `signature` (what Coder's agent sends), the `/rsa2048`
+//! PKCS#7 and the legacy DSA `/pkcs7` (both in `pkcs7`). The certificate is
+//! chosen by the document's `region` from a built-in table of AWS's published
+//! regional certificates (aws, aws-cn, aws-us-gov partitions), which operators
+//! can extend or override. Only the public key is used: AWS's default
 //! certificate expired in 2024 and its key is still the one that signs.
+//! See README.md for the credential forms and the configuration.
 
 mod config;
 mod document;
+mod pkcs7;
+mod signature;
 pub mod trust;
 
-use idgate_plugin_kit::encoding::base64_decode;
-use idgate_plugin_kit::{Crypto, Identity, Provider, SignatureAlgorithm, VerifyError};
+use idgate_plugin_kit::{Crypto, Identity, Provider, VerifyError};
 use serde::Deserialize;
 
 use crate::config::Config;
 use crate::document::Document;
+pub use crate::document::MAX_DOCUMENT_BYTES;
 
-/// Largest document or signature accepted, bytes; IMDS documents are ~500 B.
+/// Largest `signature` or `pkcs7` field accepted, bytes; real ones are under 2 KiB.
 pub const MAX_FIELD_BYTES: usize = 64 * 1024;
+/// Largest credential accepted before it is even parsed.
+const MAX_CREDENTIAL_BYTES: usize = 4 * MAX_FIELD_BYTES;
 
 /// The AWS provider.
 pub struct Aws;
 
-/// The credential: Coder's AWS body without `agent_name`.
+/// The credential: Coder's AWS body without `agent_name`, plus `pkcs7`.
+/// Other fields are ignored, as Coder ignores them.
 #[derive(Debug, Deserialize)]
 struct Credential {
     signature: Option<String>,
@@ -33,77 +39,80 @@ struct Credential {
     pkcs7: Option<String>,
 }
 
+impl Credential {
+    fn parse(text: &str) -> Result<Credential, VerifyError> {
+        let malformed = VerifyError::Malformed;
+        if text.len() > MAX_CREDENTIAL_BYTES {
+            return Err(malformed(format!(
+                "credential is larger than {MAX_CREDENTIAL_BYTES} bytes"
+            )));
+        }
+        if !text.trim_start().starts_with('{') {
+            return Err(malformed("credential is not a JSON object".into()));
+        }
+        let cred: Credential = serde_json::from_str(text)
+            .map_err(|e| malformed(format!("credential is not a JSON object of strings: {e}")))?;
+        if cred.document.as_ref().is_some_and(|d| d.len() > MAX_DOCUMENT_BYTES) {
+            return Err(malformed(format!("document is larger than {MAX_DOCUMENT_BYTES} bytes")));
+        }
+        for (name, field) in [("signature", &cred.signature), ("pkcs7", &cred.pkcs7)] {
+            if field.as_ref().is_some_and(|f| f.len() > MAX_FIELD_BYTES) {
+                return Err(malformed(format!("{name} is larger than {MAX_FIELD_BYTES} bytes")));
+            }
+        }
+        Ok(cred)
+    }
+}
+
+/// A field that is present and not blank.
+fn given(field: &Option<String>) -> Option<&str> {
+    field.as_deref().filter(|s| !s.trim().is_empty())
+}
+
 impl Provider for Aws {
     const NAME: &'static str = "aws";
 
     fn verify(crypto: &dyn Crypto, credential: &str, config: &str, now: i64) -> Result<Identity, VerifyError> {
         let config = Config::parse(config)?;
-        let cred: Credential = serde_json::from_str(credential)
-            .map_err(|e| VerifyError::Malformed(format!("credential is not a JSON object of strings: {e}")))?;
-        for (name, field) in [
-            ("signature", &cred.signature),
-            ("document", &cred.document),
-            ("pkcs7", &cred.pkcs7),
-        ] {
-            if field.as_ref().is_some_and(|f| f.len() > MAX_FIELD_BYTES) {
-                return Err(VerifyError::Malformed(format!(
-                    "{name} is larger than {MAX_FIELD_BYTES} bytes"
-                )));
-            }
-        }
-        fn nonempty(f: &Option<String>) -> Option<&str> {
-            f.as_deref().filter(|s| !s.trim().is_empty())
-        }
-        let (doc, form) = match (
-            nonempty(&cred.signature),
-            nonempty(&cred.document),
-            nonempty(&cred.pkcs7),
-        ) {
-            (_, _, Some(_)) => {
+        let cred = Credential::parse(credential)?;
+        let (doc, form) = match (given(&cred.signature), given(&cred.document), given(&cred.pkcs7)) {
+            (None, _, None) => {
                 return Err(VerifyError::Malformed(
-                    "the pkcs7 form is not supported by this build; send signature and document".into(),
+                    "the credential has neither signature nor pkcs7".into(),
                 ))
             }
-            (Some(signature), Some(document), None) => {
-                let doc = Document::parse(document)?;
-                verify_signature_form(crypto, &config, &doc, document, signature)?;
-                (doc, "signature")
-            }
-            (None, _, None) => return Err(VerifyError::Malformed("signature (or pkcs7) is required".into())),
             (Some(_), None, None) => return Err(VerifyError::Malformed("document is required with signature".into())),
+            (Some(sig), Some(document), None) => {
+                let doc = Document::parse(document)?;
+                signature::verify(crypto, &config, &doc.region, document.as_bytes(), sig)?;
+                (doc, "signature".to_string())
+            }
+            (sig, document, Some(p7)) => {
+                // The identity is read from what was signed, never from a side copy.
+                let signed = pkcs7::parse(p7)?;
+                let doc = Document::parse(&signed.document)?;
+                let form = pkcs7::verify(crypto, &config, &signed, &doc.region)?;
+                if document.is_some_and(|d| d.as_bytes() != signed.document.as_bytes()) {
+                    return Err(VerifyError::BadSignature(
+                        "document differs from the content the PKCS#7 signs".into(),
+                    ));
+                }
+                // Both forms sent: both must hold.
+                match sig {
+                    Some(sig) => {
+                        signature::verify(crypto, &config, &doc.region, signed.document.as_bytes(), sig)?;
+                        (doc, format!("signature+{form}"))
+                    }
+                    None => (doc, form.to_string()),
+                }
+            }
         };
         config.check_policy(&doc, now)?;
-        Ok(doc.identity(form))
-    }
-}
-
-/// The IMDS `/signature` form: RSA PKCS#1 v1.5 / SHA-256 over the exact bytes.
-fn verify_signature_form(
-    crypto: &dyn Crypto,
-    config: &Config,
-    doc: &Document,
-    document: &str,
-    signature: &str,
-) -> Result<(), VerifyError> {
-    let signature = base64_decode(signature).map_err(|e| VerifyError::Malformed(format!("signature: {e}")))?;
-    let key = config.rsa_key(&doc.region)?;
-    // AWS's regional /signature keys are 1024-bit; admit that size only for them.
-    let algorithm = if key.bits < 2048 {
-        SignatureAlgorithm::Rsa1024Pkcs1Sha256
-    } else {
-        SignatureAlgorithm::RsaPkcs1Sha256
-    };
-    match crypto.verify_signature(algorithm, &key.spki_der, document.as_bytes(), &signature) {
-        Ok(true) => Ok(()),
-        Ok(false) => Err(VerifyError::BadSignature(format!(
-            "the signature does not match the document under the {} certificate for region {:?}",
-            key.source, doc.region
-        ))),
-        Err(e) => Err(VerifyError::UntrustedSigner(format!(
-            "the {} certificate for region {:?} has an unusable key: {e}",
-            key.source, doc.region
-        ))),
+        Ok(doc.identity(&form))
     }
 }
 
 idgate_plugin_kit::export_provider!(Aws);
+
+#[cfg(test)]
+mod tests;
