@@ -1,11 +1,9 @@
 //! Native unit tests of the whole verifier on the genuine vectors, with a
-//! test-only `Crypto` (RustCrypto `rsa`/`dsa`) in place of the host's.
+//! test-only `Crypto` (the kit's `test_crypto`) in place of the host's.
 
-use idgate_plugin_kit::{Crypto, DigestAlgorithm, Provider, SignatureAlgorithm, VerifyError};
-use rsa::pkcs8::DecodePublicKey;
-use rsa::traits::PublicKeyParts;
+use idgate_plugin_kit::test_crypto::TestCrypto;
+use idgate_plugin_kit::{Provider, VerifyError};
 use serde_json::json;
-use sha1::Digest;
 
 use crate::Aws;
 
@@ -16,52 +14,6 @@ const APSE2_SIG: &str = include_str!("../../../tests/data/aws/apse2_2026_signatu
 const APSE2_P7: &str = include_str!("../../../tests/data/aws/apse2_2026_rsa2048.b64");
 const DSA_P7: &str = include_str!("../../../tests/data/aws/vault_fullsailor_ec2_dsa_pkcs7.pem");
 const NOW: i64 = 1_780_000_000;
-
-struct TestCrypto;
-
-impl Crypto for TestCrypto {
-    fn verify_signature(
-        &self,
-        algorithm: SignatureAlgorithm,
-        spki_der: &[u8],
-        message: &[u8],
-        signature: &[u8],
-    ) -> Result<bool, String> {
-        match algorithm {
-            SignatureAlgorithm::DsaSha1 => {
-                use dsa::signature::DigestVerifier;
-                let key = dsa::VerifyingKey::from_public_key_der(spki_der).map_err(|e| e.to_string())?;
-                Ok(dsa::Signature::try_from(signature)
-                    .is_ok_and(|s| key.verify_digest(sha1::Sha1::new_with_prefix(message), &s).is_ok()))
-            }
-            SignatureAlgorithm::RsaPkcs1Sha256 | SignatureAlgorithm::Rsa1024Pkcs1Sha256 => {
-                let key = rsa::RsaPublicKey::from_public_key_der(spki_der).map_err(|e| e.to_string())?;
-                let min = if algorithm == SignatureAlgorithm::RsaPkcs1Sha256 {
-                    2048
-                } else {
-                    1024
-                };
-                if key.n().bits() < min {
-                    return Err(format!("{} bits is too small", key.n().bits()));
-                }
-                let hashed = sha2::Sha256::digest(message);
-                Ok(key
-                    .verify(rsa::Pkcs1v15Sign::new::<sha2::Sha256>(), &hashed, signature)
-                    .is_ok())
-            }
-            other => Err(format!("{other:?} is not in the test crypto")),
-        }
-    }
-
-    fn digest(&self, algorithm: DigestAlgorithm, data: &[u8]) -> Vec<u8> {
-        match algorithm {
-            DigestAlgorithm::Sha1 => sha1::Sha1::digest(data).to_vec(),
-            DigestAlgorithm::Sha256 => sha2::Sha256::digest(data).to_vec(),
-            DigestAlgorithm::Sha384 => sha2::Sha384::digest(data).to_vec(),
-            DigestAlgorithm::Sha512 => sha2::Sha512::digest(data).to_vec(),
-        }
-    }
-}
 
 fn verify(credential: serde_json::Value) -> Result<idgate_plugin_kit::Identity, VerifyError> {
     Aws::verify(&TestCrypto, &credential.to_string(), "{}", NOW)

@@ -1,34 +1,9 @@
-//! Native unit tests with the genuine vector and a test-only `Crypto` (`rsa`).
+//! Native unit tests with the genuine vector and the kit's test-only `Crypto`.
 
-use idgate_plugin_kit::{Crypto, DigestAlgorithm, Provider, SignatureAlgorithm, VerifyError};
-use rsa::pkcs8::DecodePublicKey;
-use rsa::{Pkcs1v15Sign, RsaPublicKey};
-use sha2::{Digest, Sha256};
+use idgate_plugin_kit::test_crypto::TestCrypto;
+use idgate_plugin_kit::{Provider, VerifyError};
 
 use crate::Gcp;
-
-/// RSA PKCS#1 v1.5 / SHA-256 only; enough for RS256.
-struct TestCrypto;
-
-impl Crypto for TestCrypto {
-    fn verify_signature(
-        &self,
-        algorithm: SignatureAlgorithm,
-        spki_der: &[u8],
-        message: &[u8],
-        signature: &[u8],
-    ) -> Result<bool, String> {
-        assert_eq!(algorithm, SignatureAlgorithm::RsaPkcs1Sha256);
-        let key = RsaPublicKey::from_public_key_der(spki_der).map_err(|e| e.to_string())?;
-        Ok(key
-            .verify(Pkcs1v15Sign::new::<Sha256>(), &Sha256::digest(message), signature)
-            .is_ok())
-    }
-
-    fn digest(&self, _: DigestAlgorithm, _: &[u8]) -> Vec<u8> {
-        unimplemented!("not used by the GCP verifier")
-    }
-}
 
 const TOKEN: &str = include_str!("../../../tests/data/gcp/infisical_gce_full_2024.jwt");
 const JWK: &str = include_str!("../../../tests/data/gcp/google_jwk_a3b762f8.json");

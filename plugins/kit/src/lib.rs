@@ -13,6 +13,9 @@ pub mod pem;
 pub mod signed_data;
 pub mod time;
 
+#[cfg(any(test, feature = "test-crypto"))]
+pub mod test_crypto;
+
 #[cfg(target_arch = "wasm32")]
 pub mod component;
 
