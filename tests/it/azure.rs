@@ -15,6 +15,7 @@ use der::oid::ObjectIdentifier;
 use der::{Any, Decode, Encode, Tag};
 use idgate::sandbox::CallError;
 use idgate_plugin_kit::Identity;
+use idgate_tests::refused;
 use rcgen::{
     date_time_ymd, BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, KeyPair, KeyUsagePurpose,
 };
@@ -100,15 +101,6 @@ fn today() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64
-}
-
-/// Asserts a refusal of the given kind (not a trap, not success) and returns its reason.
-#[track_caller]
-fn refused(result: Result<Identity, CallError>, kind: &str) -> String {
-    match result {
-        Err(CallError::Rejected(e)) if e.kind() == kind => e.reason().to_string(),
-        other => panic!("expected {kind}, got {other:?}"),
-    }
 }
 
 // ---------------------------------------------------------------------------

@@ -11,6 +11,7 @@ use base64::Engine;
 use idgate::jwks::{KeyCache, KeysUnavailable, UNKNOWN_KID_MARKER};
 use idgate::sandbox::CallError;
 use idgate_plugin_kit::{Identity, VerifyError};
+use idgate_tests::refused;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use rsa::pkcs1::EncodeRsaPrivateKey;
 use rsa::pkcs8::EncodePublicKey;
@@ -42,15 +43,6 @@ fn genuine_config(audience: Option<&str>) -> Value {
         config["audience"] = json!(aud);
     }
     config
-}
-
-/// Asserts a refusal of the given kind (not a trap, not success) and returns its reason.
-#[track_caller]
-fn refused(result: Result<Identity, CallError>, kind: &str) -> String {
-    match result {
-        Err(CallError::Rejected(e)) if e.kind() == kind => e.reason().to_string(),
-        other => panic!("expected {kind}, got {other:?}"),
-    }
 }
 
 // ---------------------------------------------------------------------------

@@ -7,7 +7,8 @@ pub mod pg;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
-use idgate::sandbox::{Limits, Sandbox};
+use idgate::sandbox::{CallError, Limits, Sandbox};
+use idgate_plugin_kit::Identity;
 
 /// The workspace root.
 pub fn root() -> PathBuf {
@@ -67,4 +68,14 @@ pub fn sandbox() -> &'static Arc<Sandbox> {
         });
         Arc::new(sandbox)
     })
+}
+
+/// Asserts a refusal of the given kind (`bad-signature`, ...; not a trap, not
+/// success) and returns its reason.
+#[track_caller]
+pub fn refused(result: Result<Identity, CallError>, kind: &str) -> String {
+    match result {
+        Err(CallError::Rejected(e)) if e.kind() == kind => e.reason().to_string(),
+        other => panic!("expected {kind}, got {other:?}"),
+    }
 }
