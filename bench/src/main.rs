@@ -40,10 +40,9 @@ fn main() {
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         std::env::consts::ARCH,
     );
-    for section in [sandbox_costs::run(&env)] {
-        print!("{section}");
-        report.push_str(&section);
-    }
+    let section = sandbox_costs::run(&env);
+    print!("{section}");
+    report.push_str(&section);
     let out = env.root.join("BENCHMARKS.md");
     std::fs::write(&out, report).expect("writing BENCHMARKS.md");
     eprintln!("wrote {}", out.display());
