@@ -3,13 +3,29 @@
 //! spread, and as a ratio: this machine is noisy and absolute times drift.
 //!
 //! Run with `cargo xtask bench` (release build, plugins built first); it writes
-//! `BENCHMARKS.md` at the workspace root.
+//! `BENCHMARKS.md` and its charts (`bench/charts/*.svg`) at the workspace root.
+//! It starts its own PostgreSQL in a temporary directory.
 
+mod baseline;
+mod charts;
+mod cluster;
+mod credentials;
+mod fixtures;
+mod http_load;
 mod sandbox_costs;
+mod statements;
 mod stats;
+mod storm;
+mod throughput;
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use idgate::config::{FileConfig, HostConfig};
+use idgate::sandbox::{Limits, Sandbox};
 
 /// Paths the benchmarks need.
 pub struct Env {
@@ -19,7 +35,47 @@ pub struct Env {
     pub plugin_dir: PathBuf,
 }
 
-fn main() {
+/// What the HTTP sections serve with: the plugins, and a configuration that
+/// trusts the benchmark's test-made keys.
+pub struct Http {
+    /// Loaded plugins.
+    pub sandbox: Arc<Sandbox>,
+    /// `[aws]`, `[azure]`, `[gcp]` blocks.
+    pub file: FileConfig,
+    /// AWS signer.
+    pub aws: credentials::Aws,
+    /// Azure signer.
+    pub azure: credentials::Azure,
+    /// GCP signer.
+    pub gcp: credentials::Gcp,
+}
+
+fn machine(pg_version: &str) -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let rustc = std::process::Command::new("rustc")
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    format!(
+        "{cpu}, {} cores available, Linux {}; {rustc}; {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        kernel.trim(),
+        pg_version.split(" on ").next().unwrap_or(pg_version)
+    )
+}
+
+fn main() -> anyhow::Result<()> {
+    let started = Instant::now();
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .unwrap()
@@ -29,21 +85,112 @@ fn main() {
         plugin_dir: target.join("test-plugins"),
         root,
     };
+    let scratch = std::env::temp_dir().join(format!("idgate-bench-files-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch)?;
+    let charts_dir = env.root.join("bench/charts");
+    std::fs::create_dir_all(&charts_dir)?;
+
+    let mut sections = vec![sandbox_costs::run(&env)];
+
+    eprintln!("starting PostgreSQL and making test keys");
+    let pg = cluster::BenchCluster::start()?;
+    let aws = credentials::Aws::new();
+    let azure = credentials::Azure::new();
+    let gcp = credentials::Gcp::new();
+    let providers = BTreeMap::from([
+        ("aws".to_string(), aws.config()),
+        ("azure".to_string(), azure.config()),
+        ("gcp".to_string(), gcp.config(&scratch.join("jwks.json"))),
+    ]);
+    let http = Http {
+        sandbox: Arc::new(Sandbox::load(
+            &env.plugin_dir,
+            Some(&scratch.join("cache")),
+            Limits::default(),
+        )?),
+        file: FileConfig {
+            host: HostConfig::default(),
+            providers,
+        },
+        aws,
+        azure,
+        gcp,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+
+    let (md, cells) = statements::run(&rt, &pg)?;
+    sections.push(md);
+    let (md, leftover) = storm::run(&rt, &pg, &http)?;
+    sections.push(md);
+    let storm_headline = leftover.headline.clone();
+    let (md, points) = throughput::run(&rt, &pg, &http, leftover.aws_plain)?;
+    sections.push(md);
+    let charts = charts::draw(&charts_dir, &cells, &points);
+    drop(rt);
+    let version = pg.version.clone();
+    drop(pg);
+    let _ = std::fs::remove_dir_all(&scratch);
+
     let mut report = String::new();
     let _ = writeln!(report, "# idgate benchmarks\n");
     let _ = writeln!(
         report,
-        "Written by `cargo xtask bench` on {} ({} cores; `{}`). Every figure is a median over rounds that \
-         alternate between the compared sides, with the spread (min–max of the round medians); compare the \
-         ratios, not the absolute times, which drift on a shared machine.\n",
+        "Written by `cargo xtask bench` (= `cargo xtask plugins && cargo run --release -p idgate-bench`) on {}, \
+         in {:.0} s.\n\nMachine: {}.\n\nEvery comparison is measured side by side in this one run: rounds \
+         alternate between the compared sides, and figures are medians with the spread (min–max of the round \
+         medians) where rounds repeat. Compare the ratios rather than the absolute times, which drift on a \
+         shared machine. Nothing here is asserted; it is a report.\n",
         idgate_plugin_kit::time::format_rfc3339(idgate::cli::unix_now()),
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        std::env::consts::ARCH,
+        started.elapsed().as_secs_f64(),
+        machine(&version),
     );
-    let section = sandbox_costs::run(&env);
-    print!("{section}");
-    report.push_str(&section);
+    report.push_str(&summary(&cells, &points, &storm_headline));
+    for section in &sections {
+        report.push_str(section);
+    }
+    report.push_str(&charts);
     let out = env.root.join("BENCHMARKS.md");
-    std::fs::write(&out, report).expect("writing BENCHMARKS.md");
-    eprintln!("wrote {}", out.display());
+    std::fs::write(&out, report)?;
+    eprintln!("wrote {} in {:.0} s", out.display(), started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// The headline numbers.
+fn summary(cells: &[statements::Cell], points: &[throughput::Point], storm: &str) -> String {
+    let mut md = String::from("## Headlines\n\n");
+    if let Some(c) = cells.iter().find(|c| c.agents == 50 && c.builds == 100) {
+        let _ = writeln!(
+            md,
+            "- Statements per authentication, 50 agents on the instance × 100 earlier builds: idgate {}, the Coder \
+             stage-B baseline {}; resolution latency {} vs {} (baseline / idgate {}).",
+            c.idgate_statements,
+            c.baseline_statements,
+            stats::fmt(c.idgate.median),
+            stats::fmt(c.baseline.median),
+            stats::ratio(&c.idgate, &c.baseline)
+        );
+    }
+    if let Some(c) = cells.iter().find(|c| c.agents == 1 && c.builds == 0) {
+        let _ = writeln!(
+            md,
+            "- One agent, no earlier builds: 1 vs {} statements, but {} vs {} (baseline / idgate {}): idgate's \
+             join costs about as much to plan as the baseline's five key lookups take in all (see that section).",
+            c.baseline_statements,
+            stats::fmt(c.idgate.median),
+            stats::fmt(c.baseline.median),
+            stats::ratio(&c.idgate, &c.baseline)
+        );
+    }
+    let _ = writeln!(md, "- {storm}");
+    for p in points.iter().filter(|p| p.clients == 256) {
+        let _ = writeln!(
+            md,
+            "- {} at 256 concurrent clients: {:.0} authentications/s, p99 {}.",
+            p.provider,
+            p.outcome.rate(),
+            stats::fmt(p.outcome.quantile(0.99))
+        );
+    }
+    md.push_str("- WASM tax per provider: see *Sandbox costs* below.\n\n");
+    md
 }

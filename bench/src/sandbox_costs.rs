@@ -136,7 +136,8 @@ struct Case {
 
 fn cases(env: &Env) -> Vec<Case> {
     let data = |rel: &str| std::fs::read_to_string(env.root.join("tests/data").join(rel)).expect("test data");
-    let gcp_jwk: serde_json::Value = serde_json::from_str(&data("gcp/google_jwk_a3b762f8.json")).expect("JWK");
+    // The file is already a key set (`{"keys": [...]}`).
+    let gcp_jwks: serde_json::Value = serde_json::from_str(&data("gcp/google_jwk_a3b762f8.json")).expect("JWKS");
     vec![
         Case {
             provider: "aws",
@@ -163,7 +164,7 @@ fn cases(env: &Env) -> Vec<Case> {
                 .to_string(),
             config: serde_json::json!({
                 "audience": "71d1b279-2fe3-4828-85f5-2f4a2fdb02a1",
-                "jwks": {"keys": [gcp_jwk]},
+                "jwks": gcp_jwks,
             })
             .to_string(),
             now: 1_715_963_400,
