@@ -21,7 +21,16 @@ pub fn run(env: &Env) -> String {
     startup(env, &mut md);
     let cache = std::env::temp_dir().join(format!("idgate-bench-cache-{}", std::process::id()));
     let sandbox = Sandbox::load(&env.plugin_dir, Some(&cache), Limits::default()).expect("loading plugins");
-    per_call(&sandbox, &mut md);
+    let pooled = Sandbox::load(
+        &env.plugin_dir,
+        Some(&cache),
+        Limits {
+            pooling: true,
+            ..Limits::default()
+        },
+    )
+    .expect("loading plugins (pooling)");
+    per_call(env, &sandbox, &pooled, &mut md);
     crypto_import(&sandbox, &mut md);
     wasm_tax(env, &sandbox, &mut md);
     let _ = std::fs::remove_dir_all(&cache);
@@ -57,22 +66,40 @@ fn startup(env: &Env, md: &mut String) {
     );
 }
 
-fn per_call(sandbox: &Sandbox, md: &mut String) {
-    let native = || {
-        std::hint::black_box(idgate_plugin_kit::Identity::new("{}"));
-    };
-    let boxed = || {
-        sandbox.verify("misbehave", "\"echo\"", "{}", 0).expect("echo");
-    };
-    let (n, s) = side_by_side(15, 200, native, boxed);
+fn per_call(env: &Env, on_demand: &Sandbox, pooled: &Sandbox, md: &mut String) {
     let _ = writeln!(
         md,
-        "### Per call: fresh store + instantiate + a trivial `verify`\n\n\
-         | | median (spread) |\n|---|---|\n| fresh instance + call | {} |\n\n\
-         (The native side of this pair does nothing and is only there to interleave; {} there.)\n",
-        s.show(),
-        fmt(n.median)
+        "### Per call: fresh store + instantiate + `verify`, memory mapped per call vs the pooling allocator\n\n\
+         Both sides make a fresh instance for every call; the pooling allocator only takes its memory from \
+         pre-reserved slots.\n\n| call | on-demand memory | pooling allocator | ratio pooling / on-demand |\n|---|---|---|---|"
     );
+    let echo = |s: &Sandbox| {
+        s.verify("misbehave", "\"echo\"", "{}", 0).expect("echo");
+    };
+    let (a, b) = side_by_side(15, 200, || echo(on_demand), || echo(pooled));
+    let _ = writeln!(
+        md,
+        "| trivial `verify` | {} | {} | {} |",
+        a.show(),
+        b.show(),
+        ratio(&a, &b)
+    );
+    for case in cases(env) {
+        let run = |s: &Sandbox| {
+            s.verify(case.provider, &case.credential, &case.config, case.now)
+                .expect("genuine vector");
+        };
+        let (a, b) = side_by_side(11, 50, || run(on_demand), || run(pooled));
+        let _ = writeln!(
+            md,
+            "| {} genuine vector | {} | {} | {} |",
+            case.provider,
+            a.show(),
+            b.show(),
+            ratio(&a, &b)
+        );
+    }
+    md.push('\n');
 }
 
 fn crypto_import(sandbox: &Sandbox, md: &mut String) {

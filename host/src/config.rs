@@ -52,6 +52,8 @@ pub struct SandboxConfig {
     pub deadline_ms: Option<u64>,
     /// Plugin calls running at once (default: number of cores).
     pub max_concurrent: Option<usize>,
+    /// Use wasmtime's pooling allocator for instance memory (default: see `Limits`).
+    pub pooling: Option<bool>,
 }
 
 impl SandboxConfig {
@@ -62,6 +64,7 @@ impl SandboxConfig {
             memory_bytes: self.memory_mib.map_or(d.memory_bytes, |m| m << 20),
             deadline: self.deadline_ms.map_or(d.deadline, Duration::from_millis),
             max_concurrent: self.max_concurrent.unwrap_or(d.max_concurrent),
+            pooling: self.pooling.unwrap_or(d.pooling),
         }
     }
 }

@@ -47,6 +47,10 @@ pub struct Limits {
     pub deadline: Duration,
     /// Calls allowed to run at once (they are CPU-bound; near the core count).
     pub max_concurrent: usize,
+    /// Take instance memory from wasmtime's pooling allocator (pre-reserved
+    /// slots, reset between calls) instead of mapping it per call. Each call
+    /// still gets a fresh instance; this only changes where its memory comes from.
+    pub pooling: bool,
 }
 
 impl Default for Limits {
@@ -55,6 +59,7 @@ impl Default for Limits {
             memory_bytes: 64 << 20,
             deadline: Duration::from_millis(500),
             max_concurrent: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            pooling: false,
         }
     }
 }
@@ -226,7 +231,7 @@ impl Sandbox {
     /// reused across restarts. Fails, naming the file, if any plugin cannot be
     /// loaded, speaks an unsupported contract, or duplicates a provider.
     pub fn load(dir: &Path, cache_dir: Option<&Path>, limits: Limits) -> anyhow::Result<Sandbox> {
-        let engine = new_engine()?;
+        let engine = new_engine(&limits)?;
         let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
             .with_context(|| format!("reading plugin directory {}", dir.display()))?
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -463,12 +468,24 @@ impl Sandbox {
 }
 
 /// The wasmtime configuration every plugin runs under.
-fn new_engine() -> anyhow::Result<Engine> {
+fn new_engine(limits: &Limits) -> anyhow::Result<Engine> {
     let mut config = Config::new();
     config.wasm_component_model(true);
     config.epoch_interruption(true);
     // A plugin's stack is bounded too: deep recursion traps instead of growing.
     config.max_wasm_stack(1 << 20);
+    if limits.pooling {
+        let mut pool = wasmtime::PoolingAllocationConfig::new();
+        // Slots for every call that can run at once, with room for synchronous
+        // callers beyond the async permits; a call finding no slot faults.
+        let slots = (limits.max_concurrent.max(1) * 4 + 16) as u32;
+        pool.total_component_instances(slots);
+        pool.total_core_instances(slots * 2);
+        pool.total_memories(slots * 2);
+        pool.total_tables(slots * 2);
+        pool.max_memory_size(limits.memory_bytes);
+        config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
+    }
     Ok(Engine::new(&config)?)
 }
 

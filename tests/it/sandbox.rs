@@ -167,3 +167,41 @@ fn limits_are_configurable() {
         other => panic!("expected a memory fault, got {other:?}"),
     }
 }
+
+#[test]
+fn the_pooling_allocator_keeps_the_same_guarantees() {
+    let pooled = Sandbox::load(
+        &test_plugin_dir(),
+        Some(&component_cache_dir()),
+        Limits {
+            pooling: true,
+            ..test_limits()
+        },
+    )
+    .unwrap();
+    // Fresh instance per call: a reused memory slot is reset, statics start over.
+    for _ in 0..3 {
+        assert_eq!(
+            pooled.verify("misbehave", "\"state\"", "{}", 0).unwrap().instance_id,
+            "call-1"
+        );
+    }
+    assert!(matches!(
+        pooled.verify("misbehave", "\"memory\"", "{}", 0),
+        Err(CallError::Fault {
+            kind: FaultKind::Memory,
+            ..
+        })
+    ));
+    assert!(matches!(
+        pooled.verify("misbehave", "\"loop\"", "{}", 0),
+        Err(CallError::Fault {
+            kind: FaultKind::Deadline,
+            ..
+        })
+    ));
+    assert_eq!(
+        pooled.verify("misbehave", "\"echo\"", "{}", 0).unwrap().instance_id,
+        "{}"
+    );
+}
