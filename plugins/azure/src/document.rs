@@ -2,7 +2,7 @@
 //! "timeStamp": {"createdOn", "expiresOn"}, ...}`, with times like
 //! `04/19/22 07:27:21 -0000`.
 
-use idgate_plugin_kit::time::unix_from_parts;
+use idgate_plugin_kit::time::{digits, unix_from_parts};
 use idgate_plugin_kit::VerifyError;
 use serde::Deserialize;
 
@@ -53,13 +53,7 @@ pub fn parse_azure_time(text: &str) -> Option<i64> {
     {
         return None;
     }
-    let num = |r: std::ops::Range<usize>| -> Option<u32> {
-        let s = text.get(r)?;
-        if !s.bytes().all(|c| c.is_ascii_digit()) {
-            return None;
-        }
-        s.parse().ok()
-    };
+    let num = |r| digits(text, r);
     let (month, day, year) = (num(0..2)?, num(3..5)?, num(6..8)?);
     let (hour, min, sec) = (num(9..11)?, num(12..14)?, num(15..17)?);
     let sign = match b[18] {

@@ -26,6 +26,15 @@ pub fn unix_from_parts(year: i64, month: u32, day: u32, hour: u32, min: u32, sec
     Some(days_from_civil(year, month, day) * 86_400 + (hour * 3600 + min * 60 + sec) as i64)
 }
 
+/// The decimal number at byte range `r` of `text`, all ASCII digits, or `None`.
+pub fn digits(text: &str, r: std::ops::Range<usize>) -> Option<u32> {
+    let s = text.get(r)?;
+    if s.is_empty() || !s.bytes().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
 /// Parses an RFC 3339 timestamp (`2022-03-25T20:07:16Z`, fractional seconds and
 /// numeric offsets allowed) to Unix seconds.
 pub fn parse_rfc3339(text: &str) -> Option<i64> {
@@ -39,13 +48,7 @@ pub fn parse_rfc3339(text: &str) -> Option<i64> {
     {
         return None;
     }
-    let num = |r: std::ops::Range<usize>| -> Option<u32> {
-        let s = text.get(r)?;
-        if !s.bytes().all(|c| c.is_ascii_digit()) {
-            return None;
-        }
-        s.parse().ok()
-    };
+    let num = |r| digits(text, r);
     let (year, month, day) = (num(0..4)? as i64, num(5..7)?, num(8..10)?);
     let (hour, min, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
     let mut rest = &text[19..];
