@@ -403,13 +403,12 @@ impl Sandbox {
             .await
             .expect("semaphore never closed");
         let this = self.clone();
-        let provider = provider.to_string();
-        let p2 = provider.clone();
-        tokio::task::spawn_blocking(move || this.verify(&p2, &credential, &config, now))
+        let name = provider.to_string();
+        tokio::task::spawn_blocking(move || this.verify(&name, &credential, &config, now))
             .await
             .unwrap_or_else(|e| {
                 Err(CallError::Fault {
-                    provider,
+                    provider: provider.to_string(),
                     message: format!("verification task failed: {e}"),
                     kind: FaultKind::Trap,
                 })

@@ -137,9 +137,12 @@ impl Settings {
     /// The database pool settings from `[limits]`.
     pub fn pool_settings(&self) -> PoolSettings {
         let limits = self.file.host.limits;
+        let d = PoolSettings::default();
         PoolSettings {
-            max_connections: limits.db_max_connections.unwrap_or(10),
-            acquire_timeout: std::time::Duration::from_millis(limits.db_acquire_timeout_ms.unwrap_or(2000)),
+            max_connections: limits.db_max_connections.unwrap_or(d.max_connections),
+            acquire_timeout: limits
+                .db_acquire_timeout_ms
+                .map_or(d.acquire_timeout, std::time::Duration::from_millis),
         }
     }
 
