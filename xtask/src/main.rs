@@ -97,6 +97,7 @@ fn plugins(names: &[String]) -> Result {
             })
             .collect::<Result<_>>()?
     };
+    ensure_wasm_target()?;
     let mut args = vec!["build", "--release", "--target", WASM_TARGET];
     for (_, package, _) in &chosen {
         args.extend(["-p", package]);
@@ -124,6 +125,61 @@ fn plugins(names: &[String]) -> Result {
         impersonating_fixture(&built)?;
     }
     Ok(())
+}
+
+/// Adds the plugins' target when the toolchain lacks it, so the README's commands are the
+/// whole set-up on a fresh machine (rustup does not install `rust-toolchain.toml`'s targets
+/// when `RUSTUP_AUTO_INSTALL=0`). Without rustup, says what is missing instead.
+fn ensure_wasm_target() -> Result {
+    let sysroot = Command::new(std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into()))
+        .args(["--print", "sysroot"])
+        .current_dir(root())
+        .output()
+        .map_err(|e| format!("cannot run rustc: {e}"))?;
+    let sysroot = PathBuf::from(String::from_utf8_lossy(&sysroot.stdout).trim());
+    if sysroot.join("lib/rustlib").join(WASM_TARGET).join("lib").is_dir() {
+        return Ok(());
+    }
+    eprintln!("xtask: the {WASM_TARGET} target is not installed; adding it with `rustup target add {WASM_TARGET}`");
+    let status = Command::new("rustup")
+        .args(["target", "add", WASM_TARGET])
+        .current_dir(root())
+        .status()
+        .map_err(|e| {
+            format!("the {WASM_TARGET} target is missing and rustup cannot be run ({e}); install the target for this toolchain")
+        })?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("`rustup target add {WASM_TARGET}` failed ({status})"))
+    }
+}
+
+/// The tests start their own PostgreSQL clusters from the installed server binaries; say
+/// where they were found, or how to get them, before spending minutes on a build.
+fn ensure_postgres() -> Result {
+    let on_path = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join("initdb").is_file() && d.join("postgres").is_file()))
+        .unwrap_or(false);
+    let packaged = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|dirs| {
+            dirs.flatten()
+                .find(|d| d.path().join("bin/initdb").is_file())
+                .map(|d| d.path().join("bin"))
+        })
+        .ok()
+        .flatten();
+    match (on_path, packaged) {
+        (true, _) => Ok(()),
+        (false, Some(dir)) => {
+            eprintln!("xtask: PostgreSQL server binaries in {}", dir.display());
+            Ok(())
+        }
+        (false, None) => Err("no PostgreSQL server binaries (initdb, postgres) on PATH or under \
+             /usr/lib/postgresql/*/bin: install them (Debian: `apt-get install postgresql`; \
+             `bash .ci/run` does it) and run again"
+            .into()),
+    }
 }
 
 /// `target/test-plugins-faulty/aws.wasm`: the misbehaving fixture answering as
@@ -167,6 +223,7 @@ fn run(extra: &[String]) -> Result {
 }
 
 fn test(extra: &[String]) -> Result {
+    ensure_postgres()?;
     plugins(&[])?;
     // The HTTP tests run the real `idgate` binary, which `cargo test` alone does not build.
     cargo(&["build", "-p", "idgate"])?;
