@@ -84,7 +84,7 @@ async fn baseline_handler(State(state): State<Arc<AppState>>, provider: &'static
         let parsed = parse_body(provider, &bytes).map_err(|e| (400, format!("{e:?}")))?;
         let identity = state
             .auth
-            .verify(provider, parsed.credential, idgate::cli::unix_now())
+            .verify(provider, parsed.credential, idgate::clock::unix_now())
             .await
             .map_err(|e| (401, e.to_string()))?;
         baseline::resolve(&state.pool, &identity.instance_id, parsed.agent_name.as_deref())

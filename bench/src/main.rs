@@ -140,7 +140,7 @@ fn main() -> anyhow::Result<()> {
          alternate between the compared sides, and figures are medians with the spread (min–max of the round \
          medians) where rounds repeat. Compare the ratios rather than the absolute times, which drift on a \
          shared machine. Nothing here is asserted; it is a report.\n",
-        idgate_plugin_kit::time::format_rfc3339(idgate::cli::unix_now()),
+        idgate_plugin_kit::time::format_rfc3339(idgate::clock::unix_now()),
         started.elapsed().as_secs_f64(),
         machine(&version),
     );

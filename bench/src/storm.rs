@@ -54,7 +54,7 @@ struct Run {
 
 /// Runs the section.
 pub fn run(rt: &tokio::runtime::Runtime, pg: &BenchCluster, http: &Http) -> anyhow::Result<(String, Leftover)> {
-    let now = idgate::cli::unix_now();
+    let now = idgate::clock::unix_now();
     let groups: Vec<Group> = MIX
         .iter()
         .map(|&(tag, count, agents, builds)| {

@@ -35,7 +35,7 @@ pub fn run(
     http: &Http,
     aws: Vec<Request>,
 ) -> anyhow::Result<(String, Vec<Point>)> {
-    let now = idgate::cli::unix_now();
+    let now = idgate::clock::unix_now();
     let azure_ids: Vec<String> = (0..INSTANCES)
         .map(|i| format!("00000000-0000-4000-8000-{i:012}"))
         .collect();

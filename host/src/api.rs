@@ -313,7 +313,7 @@ async fn attempt(state: &AppState, route: &Route, body: Body, audit: &mut Audit)
     })?;
 
     let started = Instant::now();
-    let now = crate::cli::unix_now();
+    let now = crate::clock::unix_now();
     let verified = state.auth.verify(route.provider, parsed.credential, now).await;
     state.metrics.verify_time(route.provider, started.elapsed());
     let identity = verified.map_err(|e| verify_error(state, route, e))?;
@@ -396,13 +396,20 @@ fn verify_error(state: &AppState, route: &Route, e: AuthError) -> ApiError {
     }
 }
 
-/// Database trouble: an exhausted pool or an unreachable server is temporary
-/// (503 with `Retry-After`); anything else is Coder's 500.
+/// Database trouble: an exhausted pool, an unreachable server, or a server that
+/// is shutting down or starting up (SQLSTATE classes 08 and 57, e.g. `57P01`
+/// admin shutdown, `57P03` "the database system is starting up") is temporary:
+/// 503 with `Retry-After`. Anything else is Coder's 500.
 fn database_error(e: sqlx::Error) -> ApiError {
+    let temporary = match &e {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => true,
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|code| code.starts_with("08") || code.starts_with("57")),
+        _ => false,
+    };
     match e {
-        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => {
-            ApiError::unavailable("The database is unavailable; try again.", Some(e.to_string()))
-        }
+        e if temporary => ApiError::unavailable("The database is unavailable; try again.", Some(e.to_string())),
         other => ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "error",

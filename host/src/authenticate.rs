@@ -29,6 +29,10 @@ impl std::fmt::Display for AuthError {
     }
 }
 
+/// Longest instance ID accepted from a plugin (AWS's are 19 bytes, Azure's 36,
+/// Google's about 20).
+pub const MAX_INSTANCE_ID_BYTES: usize = 256;
+
 /// Verifies credentials with the loaded plugins and the operator's configuration.
 pub struct Authenticator {
     sandbox: Arc<Sandbox>,
@@ -65,7 +69,20 @@ impl Authenticator {
     }
 
     /// Verifies `credential` (the provider fields of the body, a JSON object) at `now`.
+    /// An identity whose instance ID is longer than [`MAX_INSTANCE_ID_BYTES`] is
+    /// refused as malformed: no cloud issues one, and it would go on to the database.
     pub async fn verify(&self, provider: &str, credential: String, now: i64) -> Result<Identity, AuthError> {
+        let identity = self.verify_unbounded(provider, credential, now).await?;
+        if identity.instance_id.len() > MAX_INSTANCE_ID_BYTES {
+            return Err(AuthError::Call(CallError::Rejected(VerifyError::Malformed(format!(
+                "the instance ID is {} bytes long (at most {MAX_INSTANCE_ID_BYTES})",
+                identity.instance_id.len()
+            )))));
+        }
+        Ok(identity)
+    }
+
+    async fn verify_unbounded(&self, provider: &str, credential: String, now: i64) -> Result<Identity, AuthError> {
         let Some(block) = self.configs.get(provider) else {
             return Err(AuthError::Call(CallError::NotLoaded(provider.to_string())));
         };

@@ -40,6 +40,10 @@ pub struct HostConfig {
     /// HTTP and database limits.
     #[serde(default)]
     pub limits: ServeLimits,
+    /// `[plugin_sha256]`: provider → full hex SHA-256 of the only `.wasm` that may
+    /// serve it. With any entry, unpinned or mismatching plugins are refused.
+    #[serde(default)]
+    pub plugin_sha256: BTreeMap<String, String>,
 }
 
 /// `[sandbox]`: per-call limits for plugins.
@@ -91,6 +95,7 @@ const HOST_KEYS: &[&str] = &[
     "log_format",
     "sandbox",
     "limits",
+    "plugin_sha256",
 ];
 
 impl FileConfig {
@@ -102,7 +107,8 @@ impl FileConfig {
     /// Reads `path` (if any), then overlays `IDGATE_*` environment variables:
     /// `IDGATE_LISTEN`, `IDGATE_LOG_FORMAT`, `IDGATE_SANDBOX_DEADLINE_MS`,
     /// `IDGATE_LIMITS_MAX_BODY_BYTES`, ... for host keys and
-    /// `IDGATE_<PROVIDER>_<KEY>` (e.g. `IDGATE_GCP_AUDIENCE`) for provider keys.
+    /// `IDGATE_<PROVIDER>_<KEY>` (e.g. `IDGATE_GCP_AUDIENCE`) for provider keys,
+    /// `IDGATE_PLUGIN_SHA256_<PROVIDER>` for pins.
     /// Values are read as TOML values (`5`, `true`, `["a","b"]`), else as strings.
     /// The variables behind command-line flags (`IDGATE_CONFIG`, `IDGATE_PLUGINS`,
     /// `IDGATE_CACHE_DIR`, `IDGATE_DATABASE_URL`) are left to the flags.
@@ -131,8 +137,11 @@ impl FileConfig {
                 .ok()
                 .and_then(|mut t| t.remove("v"))
                 .unwrap_or(toml::Value::String(raw));
+            // Provider names use '-', which variable names cannot: `_` stands for it.
+            let pinned = key.strip_prefix("plugin_sha256_").map(|p| p.replace('_', "-"));
             let (section, field) = match key.split_once('_') {
                 _ if HOST_KEYS.contains(&key.as_str()) => (None, key.as_str()),
+                _ if pinned.is_some() => (Some("plugin_sha256"), pinned.as_deref().unwrap_or_default()),
                 Some((section, field)) => (Some(section), field),
                 None => bail!("environment variable {name} names no setting"),
             };
@@ -227,6 +236,8 @@ mod tests {
             ("IDGATE_GCP_AUDIENCE", "my-aud"),
             ("IDGATE_AWS_ALLOWED_ACCOUNTS", r#"["1", "2"]"#),
             ("IDGATE_PLUGINS", "/ignored/here"),
+            ("IDGATE_PLUGIN_SHA256_AWS", "ab"),
+            ("IDGATE_PLUGIN_SHA256_MY_CLOUD", "cd"),
             ("HOME", "/root"),
         ]
         .map(|(k, v)| (k.to_string(), v.to_string()));
@@ -236,6 +247,16 @@ mod tests {
         assert_eq!(c.provider("gcp")["audience"], "my-aud");
         assert_eq!(c.provider("aws")["allowed_accounts"], serde_json::json!(["1", "2"]));
         assert_eq!(c.host.plugins, None);
+        assert_eq!(c.host.plugin_sha256["aws"], "ab");
+        assert_eq!(c.host.plugin_sha256["my-cloud"], "cd");
+        assert!(!c.providers.contains_key("plugin"));
+    }
+
+    #[test]
+    fn plugin_pins_are_a_host_table() {
+        let c = FileConfig::parse("[plugin_sha256]\naws = \"00ff\"\n").unwrap();
+        assert_eq!(c.host.plugin_sha256["aws"], "00ff");
+        assert!(c.providers.is_empty());
     }
 
     #[test]

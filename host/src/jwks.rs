@@ -18,7 +18,7 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use serde_json::{Map, Value};
@@ -316,7 +316,7 @@ async fn fetch_url(client: &reqwest::Client, url: &reqwest::Url) -> Result<Cache
         joined(EXPIRES).as_deref(),
         joined(DATE).as_deref(),
         joined(AGE).as_deref(),
-        unix_now(),
+        crate::clock::unix_now(),
     );
     let mut body = Vec::new();
     while let Some(chunk) = response.chunk().await.map_err(|e| format!("GET {url}: {e}"))? {
@@ -430,12 +430,6 @@ pub fn parse_http_date(text: &str) -> Option<i64> {
         number(m, 2)?,
         number(s, 2)?,
     )
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }
 
 #[cfg(test)]

@@ -7,11 +7,14 @@
 pub mod api;
 pub mod authenticate;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod crypto;
 pub mod db;
+pub mod file_trust;
 pub mod jwks;
 pub mod metrics;
+pub mod pins;
 pub mod request;
 pub mod sandbox;
 pub mod serve;

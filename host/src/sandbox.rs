@@ -24,6 +24,8 @@ use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, Store, Trap};
 
 use crate::crypto::NativeCrypto;
+use crate::file_trust;
+use crate::pins::PluginPins;
 
 mod bindings {
     wasmtime::component::bindgen!({ world: "provider", path: "../wit/0.1.0" });
@@ -227,10 +229,23 @@ impl Drop for Ticker {
 }
 
 impl Sandbox {
+    /// Loads every `*.wasm` in `dir` without digest pins (see [`Sandbox::load_pinned`]).
+    pub fn load(dir: &Path, cache_dir: Option<&Path>, limits: Limits) -> anyhow::Result<Sandbox> {
+        Self::load_pinned(dir, cache_dir, limits, &PluginPins::default())
+    }
+
     /// Loads every `*.wasm` in `dir`. With `cache_dir`, compiled artifacts are
     /// reused across restarts. Fails, naming the file, if any plugin cannot be
-    /// loaded, speaks an unsupported contract, or duplicates a provider.
-    pub fn load(dir: &Path, cache_dir: Option<&Path>, limits: Limits) -> anyhow::Result<Sandbox> {
+    /// loaded, speaks an unsupported contract, or duplicates a provider; if a
+    /// directory or file is not trusted ([`file_trust`]); and, with any pin
+    /// configured, if a plugin's SHA-256 is not the one pinned for its provider.
+    pub fn load_pinned(
+        dir: &Path,
+        cache_dir: Option<&Path>,
+        limits: Limits,
+        pins: &PluginPins,
+    ) -> anyhow::Result<Sandbox> {
+        file_trust::check_dir(dir, "plugin directory")?;
         let engine = new_engine(&limits)?;
         let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
             .with_context(|| format!("reading plugin directory {}", dir.display()))?
@@ -239,7 +254,8 @@ impl Sandbox {
             .collect();
         files.sort();
         if let Some(cache) = cache_dir {
-            std::fs::create_dir_all(cache).with_context(|| format!("creating cache directory {}", cache.display()))?;
+            file_trust::create_private_dir(cache)?;
+            file_trust::check_dir(cache, "compiled-plugin cache directory")?;
         }
         let mut sandbox = Sandbox {
             plugins: BTreeMap::new(),
@@ -250,7 +266,7 @@ impl Sandbox {
         };
         for path in files {
             let plugin = sandbox
-                .load_one(&path, cache_dir)
+                .load_one(&path, cache_dir, pins)
                 .with_context(|| format!("loading plugin {}", path.display()))?;
             if let Some(other) = sandbox.plugins.get(&plugin.info.provider) {
                 bail!(
@@ -265,9 +281,11 @@ impl Sandbox {
         Ok(sandbox)
     }
 
-    fn load_one(&self, path: &Path, cache_dir: Option<&Path>) -> anyhow::Result<Plugin> {
+    fn load_one(&self, path: &Path, cache_dir: Option<&Path>, pins: &PluginPins) -> anyhow::Result<Plugin> {
+        file_trust::check_file(path, "plugin")?;
         let bytes = std::fs::read(path)?;
         let sha256 = hex(ring::digest::digest(&ring::digest::SHA256, &bytes).as_ref());
+        pins.check_file(path, &sha256)?;
         let (component, cached) = self.compile_cached(&bytes, &sha256, cache_dir)?;
 
         let mut linker: Linker<CallState> = Linker::new(&self.engine);
@@ -308,6 +326,7 @@ impl Sandbox {
                 info.name
             );
         }
+        pins.check_provider(path, &info.name, &plugin.info.sha256)?;
         plugin.info.provider = info.name;
         plugin.info.contract = info.contract;
         Ok(plugin)
@@ -326,25 +345,31 @@ impl Sandbox {
         self.engine.precompile_compatibility_hash().hash(&mut h);
         let file = cache_dir.join(format!("{sha256}-{:016x}.cwasm", h.finish()));
         if file.is_file() {
-            // SAFETY: the file is one this function wrote (named by the content hash
-            // of its source and the engine's compatibility hash); wasmtime checks
-            // its header and version before use.
-            match unsafe { Component::deserialize_file(&self.engine, &file) } {
-                Ok(c) => return Ok((c, true)),
+            match file_trust::check_file(&file, "compiled-plugin cache entry") {
+                // SAFETY: deserializing runs the entry's native code. It is trusted
+                // because only idgate's user (or root) can have written it: the
+                // file and every directory above it passed the ownership and mode
+                // check just now. Its name binds it to the source's content hash
+                // and the engine's compatibility hash; wasmtime checks the header
+                // and version before use.
+                Ok(()) => match unsafe { Component::deserialize_file(&self.engine, &file) } {
+                    Ok(c) => return Ok((c, true)),
+                    Err(e) => {
+                        tracing::warn!(file = %file.display(), error = %e, "ignoring unusable compiled-plugin cache entry")
+                    }
+                },
                 Err(e) => {
-                    tracing::warn!(file = %file.display(), error = %e, "ignoring unusable compiled-plugin cache entry")
+                    tracing::warn!(error = %format!("{e:#}"), "ignoring untrusted compiled-plugin cache entry; recompiling")
                 }
             }
         }
         let component = Component::new(&self.engine, bytes)?;
-        let tmp = file.with_extension(format!("tmp{}", std::process::id()));
         if let Err(e) = component
             .serialize()
             .map_err(anyhow::Error::from)
-            .and_then(|s| Ok(std::fs::write(&tmp, s)?))
-            .and_then(|()| Ok(std::fs::rename(&tmp, &file)?))
+            .and_then(|s| file_trust::write_private(&file, &s))
         {
-            tracing::warn!(file = %file.display(), error = %e, "could not write compiled-plugin cache entry");
+            tracing::warn!(file = %file.display(), error = %format!("{e:#}"), "could not write compiled-plugin cache entry");
         }
         Ok((component, false))
     }

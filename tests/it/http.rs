@@ -24,7 +24,8 @@ use crate::gcp::test_keys;
 // ---------------------------------------------------------------------------
 // The real binary: the README's quickstart.
 
-fn idgate_binary() -> PathBuf {
+/// The `idgate` binary `cargo xtask test` builds beside the test binary.
+pub(crate) fn idgate_binary() -> PathBuf {
     // target/debug/deps/it-<hash> → target/debug/idgate
     let exe = std::env::current_exe().unwrap();
     let bin = exe.parent().unwrap().parent().unwrap().join("idgate");
@@ -183,7 +184,7 @@ async fn quickstart_through_the_binary() {
 // ---------------------------------------------------------------------------
 // The router on a loopback socket.
 
-async fn serve_router(sandbox: Arc<Sandbox>, config: &str, pool: sqlx::PgPool, limits: ApiLimits) -> String {
+pub(crate) async fn serve_router(sandbox: Arc<Sandbox>, config: &str, pool: sqlx::PgPool, limits: ApiLimits) -> String {
     let file = FileConfig::parse(config).unwrap();
     let state = Arc::new(AppState {
         auth: Authenticator::new(sandbox, &file).unwrap(),
@@ -199,14 +200,14 @@ async fn serve_router(sandbox: Arc<Sandbox>, config: &str, pool: sqlx::PgPool, l
 }
 
 /// `[gcp]` trusting the test key, via a JWKS file as an operator would offline.
-fn gcp_config(dir: &Path) -> String {
+pub(crate) fn gcp_config(dir: &Path) -> String {
     let jwks = dir.join("jwks.json");
     std::fs::write(&jwks, test_keys().a.jwks().to_string()).unwrap();
     format!("[gcp]\njwks_file = {:?}\n", jwks.display().to_string())
 }
 
-fn gcp_token(instance_id: &str) -> String {
-    let now = idgate::cli::unix_now();
+pub(crate) fn gcp_token(instance_id: &str) -> String {
+    let now = idgate::clock::unix_now();
     let claims = json!({
         "iss": "https://accounts.google.com", "aud": "coder", "sub": "1", "iat": now - 10, "exp": now + 3000,
         "google": {"compute_engine": {"instance_id": instance_id, "project_id": "p", "zone": "z", "instance_name": "vm"}},
@@ -214,7 +215,7 @@ fn gcp_token(instance_id: &str) -> String {
     test_keys().a.sign(Algorithm::RS256, &claims)
 }
 
-async fn register(db: &TestDb, workspace: &str, instance: &str, name: &str) -> String {
+pub(crate) async fn register(db: &TestDb, workspace: &str, instance: &str, name: &str) -> String {
     let new = NewAgent {
         workspace,
         instance_id: instance,

@@ -13,6 +13,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::authenticate::{AuthError, Authenticator};
 use crate::config::{default_cache_dir, FileConfig};
 use crate::db::{Db, PoolSettings};
+use crate::pins::PluginPins;
 use crate::request::{parse_body, BodyError};
 use crate::sandbox::{CallError, Sandbox};
 
@@ -146,9 +147,34 @@ impl Settings {
         }
     }
 
-    /// Loads the plugins under the configured limits.
+    /// The configured `[plugin_sha256]` pins, validated.
+    pub fn pins(&self) -> anyhow::Result<PluginPins> {
+        PluginPins::new(&self.file.host.plugin_sha256)
+    }
+
+    /// Loads the plugins under the configured limits, enforcing the pins; without
+    /// pins, warns naming every plugin loaded unpinned.
     pub fn sandbox(&self) -> anyhow::Result<Sandbox> {
-        Sandbox::load(&self.plugins, Some(&self.cache_dir), self.file.host.sandbox.limits())
+        let pins = self.pins()?;
+        let sandbox = Sandbox::load_pinned(
+            &self.plugins,
+            Some(&self.cache_dir),
+            self.file.host.sandbox.limits(),
+            &pins,
+        )?;
+        if pins.is_empty() && !sandbox.plugins().is_empty() {
+            let unpinned: Vec<String> = sandbox
+                .plugins()
+                .iter()
+                .map(|p| format!("{} ({})", p.provider, p.path.display()))
+                .collect();
+            tracing::warn!(
+                unpinned = %unpinned.join(", "),
+                "no [plugin_sha256] pins are configured: any .wasm in the plugin directory is trusted; \
+                 pin the digests `idgate plugins` prints"
+            );
+        }
+        Ok(sandbox)
     }
 }
 
@@ -186,28 +212,45 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             result.map(|()| ExitCode::SUCCESS)
         }
         Command::Verify(args) => verify(&settings, args).await,
-        Command::Plugins => {
-            let sandbox = settings.sandbox()?;
-            for p in sandbox.plugins() {
-                println!(
-                    "{:<12} contract {}  sha256 {}  {}{}",
-                    p.provider,
-                    p.contract,
-                    &p.sha256[..16],
-                    p.path.display(),
-                    if p.cached { "  (cached)" } else { "" }
-                );
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Plugins => list_plugins(&settings),
     }
+}
+
+/// `idgate plugins`: every plugin with the full digest to pin and whether the
+/// configured pins accept it. It loads without enforcing the pins (the point is to
+/// learn the digests), but with the directory checks.
+fn list_plugins(settings: &Settings) -> anyhow::Result<ExitCode> {
+    let pins = settings.pins()?;
+    let sandbox = Sandbox::load(
+        &settings.plugins,
+        Some(&settings.cache_dir),
+        settings.file.host.sandbox.limits(),
+    )?;
+    for p in sandbox.plugins() {
+        let status = match pins.get(&p.provider) {
+            Some(pin) if pin == p.sha256 => "pinned",
+            Some(_) => "PIN MISMATCH",
+            None if pins.is_empty() => "unpinned",
+            None => "NOT PINNED (refused while pins are configured)",
+        };
+        println!(
+            "{:<12} contract {}  sha256 {}  {}  {}{}",
+            p.provider,
+            p.contract,
+            p.sha256,
+            status,
+            p.path.display(),
+            if p.cached { "  (cached)" } else { "" }
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn verify(settings: &Settings, args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let now = match &args.at {
         Some(at) => idgate_plugin_kit::time::parse_rfc3339(at)
             .with_context(|| format!("--at {at:?} is not an RFC 3339 time (e.g. 2022-04-19T03:00:00Z)"))?,
-        None => unix_now(),
+        None => crate::clock::unix_now(),
     };
     let sandbox = Arc::new(settings.sandbox()?);
     if !sandbox.has(&args.provider) {
@@ -254,11 +297,4 @@ async fn verify(settings: &Settings, args: VerifyArgs) -> anyhow::Result<ExitCod
         }
         Err(e) => Ok(fail(1, &e.to_string())),
     }
-}
-
-/// Seconds since the Unix epoch, from the host's clock.
-pub fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }
