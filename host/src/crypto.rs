@@ -113,6 +113,7 @@ fn verify_dsa_sha1(spki_der: &[u8], message: &[u8], signature: &[u8]) -> Result<
     if spki.algorithm.oid != DSA {
         return Err(format!("key algorithm {} does not fit DsaSha1", spki.algorithm.oid));
     }
+    check_dsa_sizes(&spki)?;
     let key = dsa::VerifyingKey::try_from(spki).map_err(|e| format!("unusable DSA key: {e}"))?;
     let Ok(signature) = dsa::Signature::try_from(signature) else {
         return Ok(false);
@@ -120,6 +121,39 @@ fn verify_dsa_sha1(spki_der: &[u8], message: &[u8], signature: &[u8]) -> Result<
     Ok(key
         .verify_digest(sha1::Sha1::new_with_prefix(message), &signature)
         .is_ok())
+}
+
+/// Largest DSA domain FIPS 186-4 defines (L = 3072, N = 256). The key check in
+/// `dsa` raises `y` to the power `q` modulo `p` before any signature is looked at,
+/// and that bignum work runs on the host outside the plugin's CPU deadline: a
+/// plugin must not be able to hand the host an arbitrarily large domain.
+const DSA_MAX_P_BITS: usize = 3072;
+const DSA_MAX_Q_BITS: usize = 256;
+
+fn check_dsa_sizes(spki: &SubjectPublicKeyInfoRef<'_>) -> Result<(), String> {
+    let params = spki
+        .algorithm
+        .parameters
+        .as_ref()
+        .ok_or("DSA key without domain parameters")?;
+    let mut reader = der::SliceReader::new(params.value()).map_err(|e| format!("DSA parameters: {e}"))?;
+    let bits = |r: &mut der::SliceReader<'_>| -> der::Result<usize> {
+        let n: der::asn1::UintRef<'_> = der::Reader::decode(r)?;
+        let bytes = n.as_bytes();
+        Ok(bytes
+            .first()
+            .map_or(0, |f| bytes.len() * 8 - f.leading_zeros() as usize))
+    };
+    let (p, q) = (
+        bits(&mut reader).map_err(|e| format!("DSA parameter p: {e}"))?,
+        bits(&mut reader).map_err(|e| format!("DSA parameter q: {e}"))?,
+    );
+    if p > DSA_MAX_P_BITS || q > DSA_MAX_Q_BITS {
+        return Err(format!(
+            "DSA domain of {p}/{q} bits is larger than {DSA_MAX_P_BITS}/{DSA_MAX_Q_BITS}"
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -138,6 +172,40 @@ mod tests {
             hex(c.digest(DigestAlgorithm::Sha1, b"abc")),
             "a9993e364706816aba3e25717850c26c9cd0d89d"
         );
+    }
+
+    /// DER: tag, length, content.
+    fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag];
+        match content.len() {
+            n if n < 0x80 => out.push(n as u8),
+            n if n < 0x100 => out.extend([0x81, n as u8]),
+            n => out.extend([0x82, (n >> 8) as u8, n as u8]),
+        }
+        out.extend_from_slice(content);
+        out
+    }
+
+    fn dsa_spki(p_bytes: usize, q_bytes: usize) -> Vec<u8> {
+        let uint = |n: usize| tlv(0x02, &[&[0x7f][..], &vec![0xff; n - 1]].concat());
+        let params = tlv(0x30, &[uint(p_bytes), uint(q_bytes), uint(p_bytes)].concat());
+        let oid = tlv(0x06, &[0x2a, 0x86, 0x48, 0xce, 0x38, 0x04, 0x01]);
+        let algorithm = tlv(0x30, &[oid, params].concat());
+        let key = tlv(0x03, &[&[0u8][..], &uint(p_bytes)].concat());
+        tlv(0x30, &[algorithm, key].concat())
+    }
+
+    #[test]
+    fn oversized_dsa_domains_are_refused_before_any_bignum_work() {
+        let e = NativeCrypto
+            .verify_signature(SignatureAlgorithm::DsaSha1, &dsa_spki(2048, 1024), b"m", b"s")
+            .unwrap_err();
+        assert!(e.contains("larger than 3072/256"), "{e}");
+        let e = NativeCrypto
+            .verify_signature(SignatureAlgorithm::DsaSha1, &dsa_spki(128, 20), b"m", b"s")
+            .unwrap_err();
+        // Within the bounds, the (garbage) key reaches `dsa`, which refuses it.
+        assert!(e.contains("unusable DSA key"), "{e}");
     }
 
     #[test]

@@ -3,7 +3,9 @@
 
 mod aws;
 mod azure;
+mod faults;
 mod gcp;
 mod http;
+mod plugin_trust;
 mod resolve;
 mod sandbox;

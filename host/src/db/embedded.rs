@@ -253,13 +253,20 @@ pub fn socket_path(socket_dir: &Path) -> PathBuf {
 }
 
 /// Connection options for `database` on a cluster whose socket is in `socket_dir`.
+/// The application name carries this process's ID ([`application_name`]), so the
+/// process that stops the cluster can tell its own connections from others'.
 pub fn connect_options(socket_dir: &Path, database: &str) -> PgConnectOptions {
     PgConnectOptions::new()
         .socket(socket_dir)
         .port(PORT)
         .username(SUPERUSER)
         .database(database)
-        .application_name("idgate")
+        .application_name(&application_name())
+}
+
+/// `idgate-<pid>`: the application name of this process's connections.
+pub fn application_name() -> String {
+    format!("idgate-{}", std::process::id())
 }
 
 /// Where the embedded cluster lives: `$IDGATE_DATA_DIR/postgres` if set; as

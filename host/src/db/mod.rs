@@ -138,8 +138,12 @@ async fn prepare_schema(options: &PgConnectOptions) -> anyhow::Result<bool> {
     Ok(managed)
 }
 
-/// Whether no other client is connected to the cluster. Backends of the
-/// just-closed pool take a moment to exit, so this asks for up to a second.
+/// Whether no other process is connected to the cluster. Connections of this
+/// process (named by [`embedded::application_name`]) do not count: a pooled
+/// connection still on its way back to the just-closed pool can outlive
+/// `close()`, and counting it left the cluster running after `agents add`.
+/// Backends of other processes' closed pools take a moment to exit, so this
+/// asks for up to a second.
 async fn alone(cluster: &EmbeddedCluster) -> bool {
     for _ in 0..20 {
         if other_clients(cluster).await == Some(0) {
@@ -157,8 +161,10 @@ async fn other_clients(cluster: &EmbeddedCluster) -> Option<i64> {
         .await
         .ok()?;
     let n = sqlx::query_scalar(
-        "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
+        "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' \
+         AND pid <> pg_backend_pid() AND application_name IS DISTINCT FROM $1",
     )
+    .bind(embedded::application_name())
     .fetch_one(&mut conn)
     .await
     .ok();
