@@ -21,27 +21,26 @@ const STICKY: u32 = 0o1000;
 /// Refuses `dir` unless it is a directory that only idgate's user (or root) can
 /// change, along with every directory above it.
 pub fn check_dir(dir: &Path, what: &str) -> anyhow::Result<()> {
-    let real = dir
-        .canonicalize()
-        .with_context(|| format!("{what} {}", dir.display()))?;
-    let meta = std::fs::metadata(&real).with_context(|| format!("{what} {}", dir.display()))?;
-    if !meta.is_dir() {
-        bail!("{what} {} is not a directory", dir.display());
-    }
-    check_owner_and_mode(&real, &meta, what)?;
-    check_ancestors(&real, what)
+    check_path(dir, what, true)
 }
 
 /// Refuses `file` unless it is a regular file that only idgate's user (or root)
 /// can change, in directories only they can change. Follows symbolic links and
 /// checks where they lead.
 pub fn check_file(file: &Path, what: &str) -> anyhow::Result<()> {
-    let real = file
+    check_path(file, what, false)
+}
+
+fn check_path(path: &Path, what: &str, directory: bool) -> anyhow::Result<()> {
+    let real = path
         .canonicalize()
-        .with_context(|| format!("{what} {}", file.display()))?;
-    let meta = std::fs::metadata(&real).with_context(|| format!("{what} {}", file.display()))?;
-    if !meta.is_file() {
-        bail!("{what} {} is not a regular file", file.display());
+        .with_context(|| format!("{what} {}", path.display()))?;
+    let meta = std::fs::metadata(&real).with_context(|| format!("{what} {}", path.display()))?;
+    if directory && !meta.is_dir() {
+        bail!("{what} {} is not a directory", path.display());
+    }
+    if !directory && !meta.is_file() {
+        bail!("{what} {} is not a regular file", path.display());
     }
     check_owner_and_mode(&real, &meta, what)?;
     check_ancestors(&real, what)

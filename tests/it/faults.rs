@@ -3,10 +3,9 @@
 //! plugin that loops, traps or eats memory while the other providers serve;
 //! SIGTERM with requests in flight; and no secret in the logs at `trace`.
 
-use std::io::{BufRead, BufReader, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,7 +17,7 @@ use idgate_tests::pg::fresh_database;
 use idgate_tests::{component_cache_dir, root, sandbox, test_plugin_dir};
 use serde_json::{json, Value};
 
-use crate::http::{gcp_config, gcp_token, idgate_binary, register, serve_router};
+use crate::http::{gcp_config, gcp_token, idgate_binary, register, serve_command, serve_router, Served};
 
 /// What one client saw.
 #[derive(Debug)]
@@ -266,41 +265,6 @@ async fn postgres_frozen_then_killed_under_load_is_503_then_recovers() {
     );
 }
 
-/// The `idgate` binary serving on a loopback port.
-struct Served {
-    child: Child,
-    base: String,
-    stderr: std::thread::JoinHandle<String>,
-}
-
-fn serve(mut cmd: Command) -> Served {
-    let mut child = cmd
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .env_remove("IDGATE_CONFIG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let stderr = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let base = match line.trim().strip_prefix("idgate listening on ") {
-        Some(b) => b.to_string(),
-        None => {
-            let _ = child.kill();
-            panic!("idgate did not start: {line:?}\n{}", stderr.join().unwrap());
-        }
-    };
-    Served { child, base, stderr }
-}
-
 fn terminate(served: Served) -> (std::process::ExitStatus, String) {
     let Served { mut child, stderr, .. } = served;
     // SAFETY: kill(2) on our own child.
@@ -342,7 +306,8 @@ async fn a_misbehaving_plugin_under_load_leaves_the_others_serving() {
     .unwrap();
 
     let mut cmd = Command::new(idgate_binary());
-    cmd.arg("--config")
+    cmd.env_remove("IDGATE_CONFIG")
+        .arg("--config")
         .arg(&config)
         .arg("--plugins")
         .arg(&plugins)
@@ -351,7 +316,7 @@ async fn a_misbehaving_plugin_under_load_leaves_the_others_serving() {
         .arg("--database-url")
         .arg(&db.url)
         .env("RUST_LOG", "warn");
-    let served = serve(cmd);
+    let served = serve_command(cmd);
     let pid = served.child.id();
     let rss_before = rss_kib(pid, "VmRSS:");
 
@@ -441,7 +406,7 @@ async fn sigterm_answers_every_accepted_request_and_stops_the_embedded_cluster()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    let served = serve(idgate());
+    let served = serve_command(idgate());
     let url = format!("{}/api/v2/workspaceagents/aws-instance-identity", served.base);
     let body = std::fs::read_to_string(root().join("examples/aws-request.json")).unwrap();
 
@@ -517,7 +482,8 @@ async fn no_secret_reaches_the_logs_even_at_trace() {
     let config = dir.path().join("idgate.toml");
     std::fs::write(&config, gcp_config(dir.path())).unwrap();
     let mut cmd = Command::new(idgate_binary());
-    cmd.arg("--config")
+    cmd.env_remove("IDGATE_CONFIG")
+        .arg("--config")
         .arg(&config)
         .arg("--plugins")
         .arg(test_plugin_dir())
@@ -526,7 +492,7 @@ async fn no_secret_reaches_the_logs_even_at_trace() {
         .arg("--database-url")
         .arg(&db.url)
         .env("RUST_LOG", "trace");
-    let served = serve(cmd);
+    let served = serve_command(cmd);
 
     let aws_body = std::fs::read_to_string(root().join("examples/aws-request.json")).unwrap();
     let azure_body = std::fs::read_to_string(root().join("examples/azure-request.json")).unwrap();

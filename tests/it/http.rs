@@ -51,15 +51,23 @@ fn idgate(db: &TestDb, args: &[&str]) -> Command {
     cmd
 }
 
-struct Served {
-    child: Child,
-    base: String,
-    stderr: std::thread::JoinHandle<String>,
+/// The `idgate` binary serving on a loopback port, its stderr collected.
+pub(crate) struct Served {
+    pub(crate) child: Child,
+    pub(crate) base: String,
+    pub(crate) stderr: std::thread::JoinHandle<String>,
 }
 
 fn serve_binary(db: &TestDb) -> Served {
-    let mut child = idgate(db, &["serve", "--listen", "127.0.0.1:0"])
-        .env("IDGATE_LOG_FORMAT", "json")
+    let mut cmd = idgate(db, &[]);
+    cmd.env("IDGATE_LOG_FORMAT", "json");
+    serve_command(cmd)
+}
+
+/// Runs `cmd serve --listen 127.0.0.1:0` and waits for the address it prints.
+pub(crate) fn serve_command(mut cmd: Command) -> Served {
+    let mut child = cmd
+        .args(["serve", "--listen", "127.0.0.1:0"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -74,12 +82,17 @@ fn serve_binary(db: &TestDb) -> Served {
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
-    let base = line
-        .trim()
-        .strip_prefix("idgate listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_string();
-    Served { child, base, stderr }
+    match line.trim().strip_prefix("idgate listening on ") {
+        Some(base) => Served {
+            base: base.to_string(),
+            child,
+            stderr,
+        },
+        None => {
+            let _ = child.kill();
+            panic!("idgate did not start: {line:?}\n{}", stderr.join().unwrap());
+        }
+    }
 }
 
 fn add_agent_cli(db: &TestDb, workspace: &str, instance: &str, name: &str) -> String {

@@ -269,35 +269,34 @@ fn the_binary_prints_full_digests_and_refuses_a_wrong_pin_with_exit_2() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("pinned"));
-    let body = std::fs::read(idgate_tests::root().join("examples/aws-request.json")).unwrap();
-    let mut child = idgate(&d, &["verify", "aws", "--at", "2026-01-01T00:00:00Z"])
-        .env("IDGATE_PLUGIN_SHA256_AWS", &d.aws_sha256)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child.stdin.take().unwrap().write_all(&body).unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = verify_example(idgate(&d, &[]).env("IDGATE_PLUGIN_SHA256_AWS", &d.aws_sha256));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("i-076e9b91f7c420782"));
 
     // Without pins, serve/verify warn naming the unpinned plugin.
-    let mut child = idgate(&d, &["verify", "aws", "--at", "2026-01-01T00:00:00Z"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(&body).unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = verify_example(&mut idgate(&d, &[]));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(
         stderr.contains("no [plugin_sha256] pins") && stderr.contains("aws.wasm"),
         "{stderr}"
     );
+}
+
+/// `cmd verify aws` on the genuine AWS example.
+fn verify_example(cmd: &mut Command) -> std::process::Output {
+    use std::io::Write;
+    use std::process::Stdio;
+    let body = std::fs::read(idgate_tests::root().join("examples/aws-request.json")).unwrap();
+    let mut child = cmd
+        .args(["verify", "aws"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(&body).unwrap();
+    child.wait_with_output().unwrap()
 }
 
 /// A plugin's answer is bounded too: an instance ID longer than any cloud issues
