@@ -20,8 +20,11 @@ pub mod targets;
 
 pub use host_crypto::NativeCrypto;
 
+/// A fuzz target: takes any bytes, panics only on a bug.
+pub type Target = fn(&[u8]);
+
 /// Every target by the name its binary, corpus directory and `cargo xtask fuzz` use.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("ber", targets::ber),
     ("pem", targets::pem),
     ("signed_data", targets::signed_data),
