@@ -11,6 +11,9 @@
 //! - `ci` checks formatting and lints, then runs `test`.
 //! - `bench` builds the plugins and runs the benchmarks (release), which write
 //!   `BENCHMARKS.md`.
+//! - `fuzz <TARGET..|--all> [--time S] [--runs N] [-- ARGS..]` runs libFuzzer targets of
+//!   `fuzz/` on the stable toolchain; `fuzz --replay` runs every committed corpus once
+//!   (see fuzz/README.md).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -38,8 +41,11 @@ fn main() -> ExitCode {
         "test" => test(rest),
         "ci" => ci(),
         "bench" => plugins(&[]).and_then(|()| cargo(&["run", "--release", "-p", "idgate-bench"])),
+        "fuzz" => fuzz(rest),
         _ => {
-            eprintln!("usage: cargo xtask <plugins [NAME..] | build | run [ARGS..] | test [ARGS..] | ci | bench>");
+            eprintln!(
+                "usage: cargo xtask <plugins [NAME..] | build | run [ARGS..] | test [ARGS..] | ci | bench | fuzz ARGS..>"
+            );
             return ExitCode::from(2);
         }
     };
@@ -250,4 +256,125 @@ fn ci() -> Result {
         "warnings",
     ])?;
     test(&[])
+}
+
+/// `fuzz`: builds `fuzz/`'s libFuzzer binaries with coverage instrumentation that stable
+/// rustc offers (LLVM's sancov pass, as cargo-fuzz uses, minus its nightly-only sanitizers)
+/// into their own target directory, then either replays each committed corpus file once
+/// (`--replay`) or fuzzes each named target in turn, for `--time` seconds or `--runs`
+/// executions (default: until stopped). A fuzzing run first executes the committed corpus
+/// (`fuzz/corpus/<target>`, read only), so a kept crash input fails it again; new inputs go
+/// to `target/fuzz/corpus/<target>`, crashes to `target/fuzz/artifacts/<target>/`.
+fn fuzz(args: &[String]) -> Result {
+    const TARGETS: &[&str] = &["ber", "pem", "signed_data", "aws", "azure", "gcp"];
+    let (mut targets, mut replay, mut limits, mut extra) = (Vec::new(), false, Vec::new(), Vec::new());
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--all" => targets.extend(TARGETS.iter().copied()),
+            "--replay" => replay = true,
+            "--time" | "--runs" => {
+                let n: u64 = it
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .ok_or(format!("{arg} needs a whole number"))?;
+                let flag = if arg == "--time" { "max_total_time" } else { "runs" };
+                limits.push(format!("-{flag}={n}"));
+            }
+            "--" => extra.extend(it.by_ref().cloned()),
+            t => match TARGETS.iter().find(|known| **known == t) {
+                Some(known) => targets.push(*known),
+                None => return Err(format!("unknown fuzz target {t:?}; targets: {}", TARGETS.join(", "))),
+            },
+        }
+    }
+    if targets.is_empty() {
+        if !replay {
+            return Err(format!(
+                "usage: cargo xtask fuzz <{}|--all> [--time S] [--runs N] [-- LIBFUZZER ARGS..] | fuzz --replay",
+                TARGETS.join("|")
+            ));
+        }
+        targets = TARGETS.to_vec();
+    }
+    let rustc = Command::new(std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into()))
+        .arg("-vV")
+        .output()
+        .map_err(|e| format!("cannot run rustc: {e}"))?;
+    let host = String::from_utf8_lossy(&rustc.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("host: ").map(str::to_string))
+        .ok_or("rustc -vV names no host")?;
+    let dir = target_dir().join("fuzz");
+    // An explicit --target keeps these flags off build scripts and proc macros.
+    let flags = [
+        "-Cpasses=sancov-module",
+        "-Cllvm-args=-sanitizer-coverage-level=4",
+        "-Cllvm-args=-sanitizer-coverage-inline-8bit-counters",
+        "-Cllvm-args=-sanitizer-coverage-pc-table",
+        "-Cllvm-args=-sanitizer-coverage-trace-compares",
+        "-Cdebug-assertions",
+        "-Coverflow-checks",
+    ];
+    eprintln!(
+        "+ cargo build (instrumented) -p idgate-fuzz --target {host} into {}",
+        dir.display()
+    );
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args([
+            "build",
+            "--release",
+            "--target",
+            &host,
+            "-p",
+            "idgate-fuzz",
+            "--features",
+            "libfuzzer",
+            "--bins",
+        ])
+        .env("CARGO_TARGET_DIR", &dir)
+        .env("RUSTFLAGS", flags.join(" "))
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env("CARGO_PROFILE_RELEASE_LTO", "false")
+        .env("CARGO_PROFILE_RELEASE_DEBUG", "line-tables-only")
+        .current_dir(root())
+        .status()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if !status.success() {
+        return Err(format!("building the fuzz targets failed ({status})"));
+    }
+    for target in targets {
+        let committed = root().join("fuzz/corpus").join(target);
+        let work = dir.join("corpus").join(target);
+        let artifacts = dir.join("artifacts").join(target);
+        for d in [&work, &artifacts] {
+            std::fs::create_dir_all(d).map_err(|e| format!("creating {}: {e}", d.display()))?;
+        }
+        let mut run = Command::new(dir.join(&host).join("release").join(target));
+        if replay {
+            // Files (not directories) as arguments: libFuzzer runs each once and exits.
+            let entries = std::fs::read_dir(&committed).map_err(|e| format!("{}: {e}", committed.display()))?;
+            let mut files: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+            files.sort();
+            run.args(files);
+        } else {
+            run.arg(format!("-artifact_prefix={}/", artifacts.display()))
+                .args(["-timeout=10", "-print_final_stats=1"])
+                .args(&limits)
+                .args(&extra)
+                .arg(&work)
+                .arg(&committed);
+        }
+        eprintln!("+ fuzz {target}{}", if replay { " --replay" } else { "" });
+        let status = run
+            .status()
+            .map_err(|e| format!("cannot run the {target} fuzzer: {e}"))?;
+        if !status.success() {
+            return Err(format!(
+                "fuzz target {target} failed ({status}); the input is named above (under {})",
+                artifacts.display()
+            ));
+        }
+    }
+    Ok(())
 }

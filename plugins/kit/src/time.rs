@@ -66,8 +66,11 @@ pub fn parse_rfc3339(text: &str) -> Option<i64> {
             if rb.len() != 6 || !matches!(rb[0], b'+' | b'-') || rb[3] != b':' {
                 return None;
             }
-            let oh: i64 = rest.get(1..3)?.parse().ok()?;
-            let om: i64 = rest.get(4..6)?.parse().ok()?;
+            // Digits only: `str::parse` would also take a sign ("+-1:30").
+            let (oh, om) = (digits(rest, 1..3)? as i64, digits(rest, 4..6)? as i64);
+            if oh > 23 || om > 59 {
+                return None;
+            }
             (oh * 3600 + om * 60) * if rb[0] == b'-' { -1 } else { 1 }
         }
     };
@@ -125,6 +128,12 @@ mod tests {
             "2024-05-17T16:19:47.Z",
             "2024-05-17T16:19:47+0200",
             "２０２４-05-17T16:19:47Z",
+            // Offsets RFC 3339 does not allow (`time-numoffset` is two digits
+            // 00-23, colon, two digits 00-59); these were once accepted.
+            "2024-05-17T16:19:47+-1:30",
+            "2024-05-17T16:19:47++1:00",
+            "2024-05-17T16:19:47+24:00",
+            "2024-05-17T16:19:47+00:60",
         ] {
             assert_eq!(parse_rfc3339(bad), None, "{bad}");
         }

@@ -1,0 +1,34 @@
+//! Fuzz targets for the code that reads attacker-controlled bytes: the plugin kit's
+//! BER/DER and PEM readers and its CMS SignedData parser, and each provider plugin's
+//! verifier driven through the entry point its component exports.
+//!
+//! Every target is a plain function of the input bytes in [`targets`], so the same code
+//! runs three ways: under libFuzzer (`fuzz_targets/*.rs`, built by `cargo xtask fuzz`
+//! with coverage instrumentation on the stable toolchain), as a corpus replay in the
+//! ordinary test suite (`tests/corpus.rs`), and from a debugger. See README.md for the
+//! harness choice and how to run it.
+//!
+//! The plugin targets verify with the host's own crypto: [`NativeCrypto`] is
+//! `host/src/crypto.rs` compiled into this crate, not a copy and not the whole `idgate`
+//! crate, whose wasmtime dependency would add minutes to every instrumented build
+//! (coverage flags apply to every crate built).
+
+#[path = "../../host/src/crypto.rs"]
+mod host_crypto;
+pub mod plugins;
+pub mod targets;
+
+pub use host_crypto::NativeCrypto;
+
+/// A fuzz target: takes any bytes, panics only on a bug.
+pub type Target = fn(&[u8]);
+
+/// Every target by the name its binary, corpus directory and `cargo xtask fuzz` use.
+pub const TARGETS: &[(&str, Target)] = &[
+    ("ber", targets::ber),
+    ("pem", targets::pem),
+    ("signed_data", targets::signed_data),
+    ("aws", targets::aws),
+    ("azure", targets::azure),
+    ("gcp", targets::gcp),
+];

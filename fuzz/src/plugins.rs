@@ -1,0 +1,36 @@
+//! How the fuzz targets call a provider plugin: natively, with the host's crypto, a
+//! configuration the tests use and a verification time at which the genuine vectors in
+//! `tests/data` are valid, so mutations of a genuine credential reach the deep checks.
+
+use idgate_plugin_kit::{Identity, Provider, VerifyError};
+
+use crate::NativeCrypto;
+
+/// The one call into a verifier. Everything the fuzz targets know about the plugin
+/// contract is here, so a change of contract is a change of this function only.
+pub fn verify<P: Provider>(credential: &str, config: &str, now: i64) -> Result<Identity, VerifyError> {
+    P::verify(&NativeCrypto, credential, config, now)
+}
+
+/// AWS: the default configuration (built-in regional certificates, no policy).
+pub const AWS_CONFIG: &str = "{}";
+/// 2026-02-16T00:40:00Z, just after the `apse2_2026` vectors' pendingTime.
+pub const AWS_NOW: i64 = 1_771_202_400;
+
+/// Azure: the default configuration (built-in roots and intermediates, expiresOn checked).
+pub const AZURE_CONFIG: &str = "{}";
+/// 2022-04-19T03:00:00Z, inside the `coder_regular_attested` vector's validity.
+pub const AZURE_NOW: i64 = 1_650_337_200;
+
+/// GCP: the test configuration for the genuine token: Google's key for its `kid`, its audience.
+pub fn gcp_config() -> &'static str {
+    static CONFIG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    CONFIG.get_or_init(|| {
+        format!(
+            r#"{{"audience": "71d1b279-2fe3-4828-85f5-2f4a2fdb02a1", "jwks": {}}}"#,
+            include_str!("../../tests/data/gcp/google_jwk_a3b762f8.json").trim()
+        )
+    })
+}
+/// 2024-05-17T16:30:00Z, between the genuine token's `iat` and `exp`.
+pub const GCP_NOW: i64 = 1_715_963_400;

@@ -1,0 +1,113 @@
+//! The fuzz targets: each takes arbitrary bytes, must never panic, hang or exhaust
+//! memory, and asserts the properties its parser promises.
+
+use std::sync::OnceLock;
+
+use der::{Decode, Encode};
+use idgate_plugin_aws::Aws;
+use idgate_plugin_azure::Azure;
+use idgate_plugin_gcp::Gcp;
+use idgate_plugin_kit::{ber, encoding, pem, signed_data, Provider};
+use x509_cert::Certificate;
+
+use crate::{plugins, NativeCrypto};
+
+/// `ber::to_der`: any input is an error or DER, and DER is a fixed point (the module
+/// promises both); the DER element reader accepts what `to_der` produced.
+pub fn ber(data: &[u8]) {
+    let Ok(der) = ber::to_der(data) else { return };
+    assert_eq!(
+        ber::to_der(&der).as_deref(),
+        Ok(der.as_slice()),
+        "to_der is not a fixed point"
+    );
+    let element = ber::der_element(&der).expect("to_der output is one DER element");
+    if element.tag & 0x20 != 0 {
+        ber::der_elements(element.content).expect("a constructed DER element's content is DER elements");
+    }
+}
+
+/// `pem::decode_all` / `decode_one` on arbitrary text: every block decoded round-trips
+/// through base64 re-armouring.
+pub fn pem(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    let _ = pem::decode_one(text, "PUBLIC KEY");
+    let Ok(blocks) = pem::certificates(text) else { return };
+    let armoured: String = blocks
+        .iter()
+        .map(|der| {
+            format!(
+                "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+                encoding::base64_encode(der)
+            )
+        })
+        .collect();
+    assert_eq!(pem::certificates(&armoured).as_ref(), Ok(&blocks), "PEM round trip");
+}
+
+/// `signed_data::parse` on arbitrary bytes, then every accessor, and the signature
+/// check with the embedded signer certificate's key and with AWS's real keys (the AWS
+/// PKCS#7 forms carry no certificate), so the digest and signature paths are reached.
+pub fn signed_data(data: &[u8]) {
+    let Ok(sd) = signed_data::parse(data) else { return };
+    let _ = (sd.content(), sd.content_type(), sd.signer_id(), sd.certificates());
+    let _ = (sd.signing_time(), sd.has_signed_attributes());
+    let embedded = sd
+        .find_signer_certificate(&[])
+        .and_then(|der| Certificate::from_der(der).ok())
+        .and_then(|cert| cert.tbs_certificate.subject_public_key_info.to_der().ok());
+    for spki in embedded.iter().chain(aws_keys()) {
+        let _ = sd.verify_signer(&NativeCrypto, spki, true);
+    }
+}
+
+/// The SubjectPublicKeyInfos of AWS's DSA and ap-southeast-2 RSA-2048 certificates.
+fn aws_keys() -> &'static [Vec<u8>] {
+    static KEYS: OnceLock<Vec<Vec<u8>>> = OnceLock::new();
+    KEYS.get_or_init(|| {
+        [
+            include_str!("../../tests/data/aws/aws_dsa_pkcs7_signer_cert.pem"),
+            include_str!("../../tests/data/aws/aws_rsa2048_ap-southeast-2.pem"),
+        ]
+        .iter()
+        .map(|text| {
+            let der = pem::decode_one(text, "CERTIFICATE").expect("test data is PEM");
+            let cert = Certificate::from_der(&der).expect("test data is a certificate");
+            cert.tbs_certificate
+                .subject_public_key_info
+                .to_der()
+                .expect("re-encodes")
+        })
+        .collect()
+    })
+}
+
+/// The AWS verifier on the input as the credential JSON.
+pub fn aws(data: &[u8]) {
+    plugin::<Aws>(data, plugins::AWS_CONFIG, plugins::AWS_NOW);
+}
+
+/// The Azure verifier on the input as the credential JSON.
+pub fn azure(data: &[u8]) {
+    plugin::<Azure>(data, plugins::AZURE_CONFIG, plugins::AZURE_NOW);
+}
+
+/// The GCP verifier on the input as the credential JSON.
+pub fn gcp(data: &[u8]) {
+    plugin::<Gcp>(data, plugins::gcp_config(), plugins::GCP_NOW);
+}
+
+/// The contract's promises hold whatever the credential: no panic, and an accepted
+/// credential names an instance. The host only passes UTF-8 (WIT strings).
+fn plugin<P: Provider>(data: &[u8], config: &str, now: i64) {
+    let Ok(credential) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(identity) = plugins::verify::<P>(credential, config, now) {
+        assert!(
+            !identity.instance_id.is_empty(),
+            "{} accepted an empty instance ID",
+            P::NAME
+        );
+    }
+}

@@ -1,0 +1,60 @@
+//! The committed corpora, replayed natively in the ordinary test suite: every input
+//! that ever found new coverage (and every past crash, kept as a regression input) runs
+//! through its target again, uninstrumented and with debug assertions.
+
+use std::path::{Path, PathBuf};
+
+use idgate_fuzz::{plugins, TARGETS};
+use idgate_plugin_aws::Aws;
+use idgate_plugin_azure::Azure;
+use idgate_plugin_gcp::Gcp;
+
+fn corpus(target: &str) -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus").join(target);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn every_committed_input_replays_without_a_panic() {
+    for (name, target) in TARGETS {
+        let files = corpus(name);
+        assert!(!files.is_empty(), "fuzz/corpus/{name} is empty");
+        for file in files {
+            let data = std::fs::read(&file).unwrap();
+            // A panic fails the test; name the input so it can be run alone.
+            eprintln!("{name}: {}", file.display());
+            target(&data);
+        }
+    }
+}
+
+fn example(name: &str) -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples").join(name)).unwrap()
+}
+
+/// The targets' fixed configuration and time accept the genuine credentials, so the
+/// fuzzer starts from inputs that pass every check, not from ones refused at the door.
+#[test]
+fn the_targets_setup_accepts_the_genuine_credentials() {
+    let aws = plugins::verify::<Aws>(&example("aws-request.json"), plugins::AWS_CONFIG, plugins::AWS_NOW).unwrap();
+    assert_eq!(aws.instance_id, "i-076e9b91f7c420782");
+    let azure = plugins::verify::<Azure>(
+        &example("azure-request.json"),
+        plugins::AZURE_CONFIG,
+        plugins::AZURE_NOW,
+    )
+    .unwrap();
+    assert_eq!(azure.instance_id, "bd8e7443-24a0-41f3-b949-8baf4fd1c573");
+    let token = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/gcp/infisical_gce_full_2024.jwt"),
+    )
+    .unwrap();
+    let credential = serde_json::json!({ "json_web_token": token.trim() }).to_string();
+    let gcp = plugins::verify::<Gcp>(&credential, plugins::gcp_config(), plugins::GCP_NOW).unwrap();
+    assert_eq!(gcp.instance_id, "8418160715288427941");
+}
