@@ -85,6 +85,11 @@ fn main() -> anyhow::Result<()> {
         plugin_dir: target.join("test-plugins"),
         root,
     };
+    // `-- sandbox`: only the sandbox-costs section, printed (BENCHMARKS.md is left alone).
+    if std::env::args().nth(1).as_deref() == Some("sandbox") {
+        print!("{}", sandbox_costs::run(&env));
+        return Ok(());
+    }
     let scratch = std::env::temp_dir().join(format!("idgate-bench-files-{}", std::process::id()));
     std::fs::create_dir_all(&scratch)?;
     let charts_dir = env.root.join("bench/charts");

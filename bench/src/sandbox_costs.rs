@@ -1,16 +1,23 @@
-//! What the sandbox costs: start-up with and without the compiled cache, the
-//! per-call price of a fresh instance, the host crypto import against the same
-//! verify natively, and each verifier natively against through the sandbox.
+//! What the sandbox costs: start-up cold and warm (compile, configure and
+//! snapshot), the per-call price of a fresh instance from the configured
+//! snapshot against configuring in every call (the 0.1.0 way), the memory
+//! allocator, how the call is dispatched from async code, the host crypto
+//! import, and each verifier natively against through the sandbox.
+//!
+//! Runs alone with `cargo run --release -p idgate-bench -- sandbox` (after
+//! `cargo xtask plugins`), printing the section's Markdown.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use idgate::crypto::NativeCrypto;
-use idgate::sandbox::{Limits, Sandbox};
+use idgate::sandbox::{Configured, Limits, Sandbox};
 use idgate_plugin_kit::encoding::base64_encode;
-use idgate_plugin_kit::{Crypto, Provider, SignatureAlgorithm};
+use idgate_plugin_kit::{Crypto, Identity, Provider, SignatureAlgorithm, VerifyError};
 use rsa::pkcs8::EncodePublicKey;
 use rsa::signature::{SignatureEncoding, Signer};
+use serde_json::{json, Value};
 
 use crate::stats::{fmt, ratio, side_by_side};
 use crate::Env;
@@ -18,88 +25,299 @@ use crate::Env;
 /// Runs the section and returns its Markdown.
 pub fn run(env: &Env) -> String {
     let mut md = String::from("## Sandbox costs\n\n");
-    startup(env, &mut md);
+    let cases = cases(env);
+    startup(env, &cases, &mut md);
     let cache = std::env::temp_dir().join(format!("idgate-bench-cache-{}", std::process::id()));
-    let sandbox = Sandbox::load(&env.plugin_dir, Some(&cache), Limits::default()).expect("loading plugins");
-    let pooled = Sandbox::load(
-        &env.plugin_dir,
-        Some(&cache),
-        Limits {
-            pooling: true,
-            ..Limits::default()
-        },
-    )
-    .expect("loading plugins (pooling)");
-    per_call(env, &sandbox, &pooled, &mut md);
-    crypto_import(&sandbox, &mut md);
-    wasm_tax(env, &sandbox, &mut md);
+    let load = |limits: Limits| Sandbox::load(&env.plugin_dir, Some(&cache), limits).expect("loading plugins");
+    let pooled = load(Limits::default());
+    let on_demand = load(Limits {
+        pooling: false,
+        ..Limits::default()
+    });
+    per_call(&pooled, &on_demand, &cases, &mut md);
+    dispatch(env, &cache, &mut md);
+    crypto_import(&pooled, &mut md);
+    wasm_tax(&pooled, &cases, &mut md);
     let _ = std::fs::remove_dir_all(&cache);
     md
 }
 
-fn startup(env: &Env, md: &mut String) {
+/// A genuine credential for one provider, checkable natively and in the sandbox.
+struct Case {
+    provider: &'static str,
+    credential: String,
+    config: Value,
+    key_set: Option<String>,
+    now: i64,
+    /// Natively: verify with a configuration prepared once.
+    native_configured: Box<dyn Fn() -> Result<Identity, VerifyError>>,
+    /// Natively: configure and verify in every call (what 0.1.0 plugins did).
+    native_per_call: Box<dyn Fn() -> Result<Identity, VerifyError>>,
+}
+
+/// The two native sides of `P` on one credential.
+fn native<P: Provider + 'static>(case: &Case) -> [Box<dyn Fn() -> Result<Identity, VerifyError>>; 2] {
+    let config = Arc::new(P::configure(&case.config.to_string()).expect("genuine configuration"));
+    let (credential, keys, now) = (case.credential.clone(), case.key_set.clone(), case.now);
+    let configured = {
+        let (credential, keys) = (credential.clone(), keys.clone());
+        Box::new(move || {
+            idgate_plugin_kit::host_keys::with_key_set(keys.as_deref(), || {
+                P::verify(&NativeCrypto, &config, &credential, now)
+            })
+        }) as Box<dyn Fn() -> _>
+    };
+    let text = case.config.to_string();
+    let per_call = Box::new(move || {
+        idgate_plugin_kit::host_keys::with_key_set(keys.as_deref(), || {
+            P::configure_and_verify(&NativeCrypto, &credential, &text, now)
+        })
+    }) as Box<dyn Fn() -> _>;
+    [configured, per_call]
+}
+
+fn cases(env: &Env) -> Vec<Case> {
+    let data = |rel: &str| std::fs::read_to_string(env.root.join("tests/data").join(rel)).expect("test data");
+    let placeholder = || Box::new(|| Err(VerifyError::Malformed(String::new()))) as Box<dyn Fn() -> _>;
+    let mut cases = vec![
+        Case {
+            provider: "aws",
+            credential: json!({
+                "document": data("aws/coder_iid_document.json"),
+                "signature": data("aws/coder_iid_signature.b64"),
+            })
+            .to_string(),
+            config: json!({}),
+            key_set: None,
+            now: 1_700_000_000,
+            native_configured: placeholder(),
+            native_per_call: placeholder(),
+        },
+        Case {
+            provider: "azure",
+            credential: json!({"signature": data("azure/coder_regular_attested.b64"), "encoding": "pkcs7"}).to_string(),
+            config: json!({}),
+            key_set: None,
+            now: 1_650_337_200, // 2022-04-19T03:00:00Z
+            native_configured: placeholder(),
+            native_per_call: placeholder(),
+        },
+        Case {
+            provider: "gcp",
+            credential: json!({"json_web_token": data("gcp/infisical_gce_full_2024.jwt").trim()}).to_string(),
+            config: json!({"audience": "71d1b279-2fe3-4828-85f5-2f4a2fdb02a1"}),
+            // The file is already a key set (`{"keys": [...]}`); the host hands it
+            // over per call, as `authenticate.rs` does with Google's keys.
+            key_set: Some(data("gcp/google_jwk_a3b762f8.json")),
+            now: 1_715_963_400,
+            native_configured: placeholder(),
+            native_per_call: placeholder(),
+        },
+    ];
+    for case in &mut cases {
+        let [configured, per_call] = match case.provider {
+            "aws" => native::<idgate_plugin_aws::Aws>(case),
+            "azure" => native::<idgate_plugin_azure::Azure>(case),
+            _ => native::<idgate_plugin_gcp::Gcp>(case),
+        };
+        case.native_configured = configured;
+        case.native_per_call = per_call;
+    }
+    cases
+}
+
+/// Loads the plugin directory and configures every plugin: what `idgate serve`
+/// does before it is ready.
+fn load_and_configure(env: &Env, cache: &std::path::Path, cases: &[Case]) -> (Sandbox, Vec<Configured>) {
+    let s = Sandbox::load(&env.plugin_dir, Some(cache), Limits::default()).expect("load");
+    let configured = s
+        .plugins()
+        .iter()
+        .map(|p| {
+            let config = cases
+                .iter()
+                .find(|c| c.provider == p.provider)
+                .map_or(json!({}), |c| c.config.clone());
+            s.configure(&p.provider, &config).expect("configure")
+        })
+        .collect();
+    (s, configured)
+}
+
+fn startup(env: &Env, cases: &[Case], md: &mut String) {
     let mut cold = Vec::new();
     let mut warm = Vec::new();
     let mut count = 0;
     for round in 0..3 {
         let cache = std::env::temp_dir().join(format!("idgate-bench-startup-{}-{round}", std::process::id()));
         let t = Instant::now();
-        let s = Sandbox::load(&env.plugin_dir, Some(&cache), Limits::default()).expect("cold load");
+        let (s, configured) = load_and_configure(env, &cache, cases);
         cold.push(t.elapsed());
-        count = s.plugins().len();
-        drop(s);
+        count = configured.len();
+        drop((s, configured));
         let t = Instant::now();
-        let s = Sandbox::load(&env.plugin_dir, Some(&cache), Limits::default()).expect("warm load");
+        let (s, configured) = load_and_configure(env, &cache, cases);
         warm.push(t.elapsed());
-        assert!(s.plugins().iter().all(|p| p.cached));
+        assert!(s.plugins().iter().all(|p| p.cached) && configured.iter().all(Configured::cached));
         let _ = std::fs::remove_dir_all(&cache);
     }
     cold.sort();
     warm.sort();
     let _ = writeln!(
         md,
-        "### Start-up: loading {count} plugins\n\n| | median of 3 | \n|---|---|\n\
-         | cold (compile every component) | {} |\n| warm (compiled cache) | {} |\n| ratio cold / warm | {:.0}× |\n",
+        "### Start-up: loading and configuring {count} plugins\n\n\
+         Cold: compile each component, then for each configuration instrument, configure, snapshot and compile \
+         the snapshot. Warm: both compiled artifacts come from the cache.\n\n| | median of 3 |\n|---|---|\n\
+         | cold (compile + configure + snapshot) | {} |\n| warm (compiled cache) | {} |\n| ratio cold / warm | {:.0}× |\n",
         fmt(cold[1]),
         fmt(warm[1]),
         cold[1].as_secs_f64() / warm[1].as_secs_f64()
     );
 }
 
-fn per_call(env: &Env, on_demand: &Sandbox, pooled: &Sandbox, md: &mut String) {
+fn per_call(pooled: &Sandbox, on_demand: &Sandbox, cases: &[Case], md: &mut String) {
     let _ = writeln!(
         md,
-        "### Per call: fresh store + instantiate + `verify`, memory mapped per call vs the pooling allocator\n\n\
-         Both sides make a fresh instance for every call; the pooling allocator only takes its memory from \
-         pre-reserved slots.\n\n| call | on-demand memory | pooling allocator | ratio pooling / on-demand |\n|---|---|---|---|"
+        "### Per call: a fresh instance from the configured snapshot\n\n\
+         Every call makes a fresh store and instance. *Snapshot* starts it from the image taken after `configure`; \
+         *configure per call* runs `configure` then `verify` in the fresh instance (what every call cost before \
+         snapshots, and what a 0.1.0 plugin still costs). Memory from the pooling allocator (the default) or mapped \
+         per call.\n\n\
+         | call | snapshot, pooling | snapshot, on-demand memory | configure per call, pooling | \
+         on-demand / pooling | per call / snapshot |\n|---|---|---|---|---|---|"
     );
-    let echo = |s: &Sandbox| {
-        s.verify("misbehave", "\"echo\"", "{}", 0).expect("echo");
-    };
-    let (a, b) = side_by_side(15, 200, || echo(on_demand), || echo(pooled));
+    let echo_pooled = pooled.configure("misbehave", &json!({})).expect("configure");
+    let echo_on_demand = on_demand.configure("misbehave", &json!({})).expect("configure");
+    let (a, b) = side_by_side(
+        15,
+        400,
+        || {
+            pooled.verify(&echo_pooled, "\"echo\"", None, 0).expect("echo");
+        },
+        || {
+            on_demand.verify(&echo_on_demand, "\"echo\"", None, 0).expect("echo");
+        },
+    );
+    let (a2, c) = side_by_side(
+        15,
+        400,
+        || {
+            pooled.verify(&echo_pooled, "\"echo\"", None, 0).expect("echo");
+        },
+        || {
+            pooled
+                .verify_configuring("misbehave", "\"echo\"", "{}", None, 0)
+                .expect("echo");
+        },
+    );
     let _ = writeln!(
         md,
-        "| trivial `verify` | {} | {} | {} |",
+        "| trivial `verify` | {} | {} | {} | {} | {} |",
         a.show(),
         b.show(),
-        ratio(&a, &b)
+        c.show(),
+        ratio(&a, &b),
+        ratio(&a2, &c)
     );
-    for case in cases(env) {
-        let run = |s: &Sandbox| {
-            s.verify(case.provider, &case.credential, &case.config, case.now)
+    for case in cases {
+        let p = pooled.configure(case.provider, &case.config).expect("configure");
+        let o = on_demand.configure(case.provider, &case.config).expect("configure");
+        let keys = case.key_set.as_deref();
+        let run = |s: &Sandbox, c: &Configured| {
+            s.verify(c, &case.credential, keys, case.now).expect("genuine vector");
+        };
+        let per_call = || {
+            pooled
+                .verify_configuring(
+                    case.provider,
+                    &case.credential,
+                    &case.config.to_string(),
+                    keys,
+                    case.now,
+                )
                 .expect("genuine vector");
         };
-        let (a, b) = side_by_side(11, 50, || run(on_demand), || run(pooled));
+        let (a, b) = side_by_side(11, 50, || run(pooled, &p), || run(on_demand, &o));
+        let (a2, c) = side_by_side(11, 50, || run(pooled, &p), per_call);
         let _ = writeln!(
             md,
-            "| {} genuine vector | {} | {} | {} |",
+            "| {} genuine vector | {} | {} | {} | {} | {} |",
             case.provider,
             a.show(),
             b.show(),
-            ratio(&a, &b)
+            c.show(),
+            ratio(&a, &b),
+            ratio(&a2, &c)
         );
     }
     md.push('\n');
+}
+
+/// Calls per second from async code, 64 tasks on a two-worker runtime sharing
+/// `max_concurrent` permits: the call run inline on the worker vs handed to
+/// tokio's blocking pool.
+fn dispatch(env: &Env, cache: &std::path::Path, md: &mut String) {
+    let rate = |inline_calls: bool| {
+        let s = Arc::new(
+            Sandbox::load(
+                &env.plugin_dir,
+                Some(cache),
+                Limits {
+                    inline_calls,
+                    ..Limits::default()
+                },
+            )
+            .expect("load"),
+        );
+        let plugin = s.configure("misbehave", &json!({})).expect("configure");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .expect("runtime");
+        const TASKS: usize = 64;
+        const PER_TASK: usize = 300;
+        let t = Instant::now();
+        rt.block_on(async {
+            let tasks: Vec<_> = (0..TASKS)
+                .map(|_| {
+                    let (s, plugin) = (s.clone(), plugin.clone());
+                    tokio::spawn(async move {
+                        for _ in 0..PER_TASK {
+                            s.verify_async(&plugin, "\"echo\"".into(), None, 0).await.expect("echo");
+                        }
+                    })
+                })
+                .collect();
+            for task in tasks {
+                task.await.expect("task");
+            }
+        });
+        (TASKS * PER_TASK) as f64 / t.elapsed().as_secs_f64()
+    };
+    let mut inline = Vec::new();
+    let mut blocking = Vec::new();
+    for round in 0..5 {
+        if round % 2 == 0 {
+            inline.push(rate(true));
+            blocking.push(rate(false));
+        } else {
+            blocking.push(rate(false));
+            inline.push(rate(true));
+        }
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (inline, blocking) = (median(inline), median(blocking));
+    let _ = writeln!(
+        md,
+        "### Dispatch from async code: trivial `verify`, 64 tasks, 2 runtime workers\n\n\
+         | call runs | calls/s (median of 5) |\n|---|---|\n\
+         | inline on the worker, under the permit (default) | {inline:.0} |\n\
+         | on tokio's blocking pool (`spawn_blocking`) | {blocking:.0} |\n| ratio inline / blocking | {:.2}× |\n",
+        inline / blocking
+    );
 }
 
 fn crypto_import(sandbox: &Sandbox, md: &mut String) {
@@ -112,20 +330,17 @@ fn crypto_import(sandbox: &Sandbox, md: &mut String) {
         .to_vec();
     let msg = b"an instance identity document, more or less".to_vec();
     let sig = rsa::pkcs1v15::SigningKey::<sha2::Sha256>::new(key).sign(&msg).to_vec();
-    let config = format!(
+    // The fixture reads the key, message and signature from its configuration.
+    let config = Value::String(format!(
         "{}|{}|{}",
         base64_encode(&spki),
         base64_encode(&msg),
         base64_encode(&sig)
-    );
+    ));
+    let plugin = sandbox.configure("misbehave", &config).expect("configure");
     const N: u32 = 50;
-    assert_eq!(
-        sandbox
-            .verify("misbehave", &format!("\"rsa:{N}\""), &config, 0)
-            .unwrap()
-            .instance_id,
-        format!("{N}/{N}")
-    );
+    let call = || sandbox.verify(&plugin, &format!("\"rsa:{N}\""), None, 0);
+    assert_eq!(call().unwrap().instance_id, format!("{N}/{N}"));
     let native = || {
         for _ in 0..N {
             assert_eq!(
@@ -135,9 +350,7 @@ fn crypto_import(sandbox: &Sandbox, md: &mut String) {
         }
     };
     let boxed = || {
-        sandbox
-            .verify("misbehave", &format!("\"rsa:{N}\""), &config, 0)
-            .unwrap();
+        call().unwrap();
     };
     let (n, b) = side_by_side(9, 20, native, boxed);
     let per = |d: Duration| fmt(d / N);
@@ -152,71 +365,34 @@ fn crypto_import(sandbox: &Sandbox, md: &mut String) {
     );
 }
 
-/// A genuine credential for one provider, checkable natively and in the sandbox.
-struct Case {
-    provider: &'static str,
-    credential: String,
-    config: String,
-    now: i64,
-    native: fn(&dyn Crypto, &str, &str, i64) -> Result<idgate_plugin_kit::Identity, idgate_plugin_kit::VerifyError>,
-}
-
-fn cases(env: &Env) -> Vec<Case> {
-    let data = |rel: &str| std::fs::read_to_string(env.root.join("tests/data").join(rel)).expect("test data");
-    // The file is already a key set (`{"keys": [...]}`).
-    let gcp_jwks: serde_json::Value = serde_json::from_str(&data("gcp/google_jwk_a3b762f8.json")).expect("JWKS");
-    vec![
-        Case {
-            provider: "aws",
-            credential: serde_json::json!({
-                "document": data("aws/coder_iid_document.json"),
-                "signature": data("aws/coder_iid_signature.b64"),
-            })
-            .to_string(),
-            config: "{}".into(),
-            now: 1_700_000_000,
-            native: idgate_plugin_aws::Aws::verify,
-        },
-        Case {
-            provider: "azure",
-            credential: serde_json::json!({"signature": data("azure/coder_regular_attested.b64"), "encoding": "pkcs7"})
-                .to_string(),
-            config: "{}".into(),
-            now: 1_650_337_200, // 2022-04-19T03:00:00Z
-            native: idgate_plugin_azure::Azure::verify,
-        },
-        Case {
-            provider: "gcp",
-            credential: serde_json::json!({"json_web_token": data("gcp/infisical_gce_full_2024.jwt").trim()})
-                .to_string(),
-            config: serde_json::json!({
-                "audience": "71d1b279-2fe3-4828-85f5-2f4a2fdb02a1",
-                "jwks": gcp_jwks,
-            })
-            .to_string(),
-            now: 1_715_963_400,
-            native: idgate_plugin_gcp::Gcp::verify,
-        },
-    ]
-}
-
-fn wasm_tax(env: &Env, sandbox: &Sandbox, md: &mut String) {
+fn wasm_tax(sandbox: &Sandbox, cases: &[Case], md: &mut String) {
     let _ = writeln!(
         md,
         "### WASM tax: each verifier natively vs through the sandbox (fresh instance per call)\n\n\
          Same genuine credential, same code (the plugin crate compiled for the host, with the host's native \
-         crypto) on both sides.\n\n| provider | native | sandboxed | ratio |\n|---|---|---|---|"
+         crypto) on both sides. *Configured*: the configuration is prepared once (natively: `configure` once; \
+         sandboxed: every call's fresh instance starts from the snapshot taken after `configure`). \
+         *Configure per call*: both sides configure in every call, as 0.1.0 plugins did (the old path).\n\n\
+         | provider | native | sandboxed | tax | native, configure per call | sandboxed, configure per call | \
+         old tax |\n|---|---|---|---|---|---|---|"
     );
-    for case in cases(env) {
-        let native_ok = (case.native)(&NativeCrypto, &case.credential, &case.config, case.now);
-        let boxed_ok = sandbox.verify(case.provider, &case.credential, &case.config, case.now);
-        if native_ok.is_err() || boxed_ok.is_err() {
+    for case in cases {
+        let plugin = sandbox.configure(case.provider, &case.config).expect("configure");
+        let keys = case.key_set.as_deref();
+        let boxed = || sandbox.verify(&plugin, &case.credential, keys, case.now);
+        let config = case.config.to_string();
+        let boxed_per_call = || sandbox.verify_configuring(case.provider, &case.credential, &config, keys, case.now);
+        let checks = [
+            (case.native_configured)().err().map(|e| e.to_string()),
+            (case.native_per_call)().err().map(|e| e.to_string()),
+            boxed().err().map(|e| e.to_string()),
+            boxed_per_call().err().map(|e| e.to_string()),
+        ];
+        if checks.iter().any(Option::is_some) {
             let _ = writeln!(
                 md,
-                "| {} | not measured: the genuine vector does not verify ({:?} / {:?}) | | |",
-                case.provider,
-                native_ok.err(),
-                boxed_ok.err().map(|e| e.to_string())
+                "| {} | not measured: the genuine vector does not verify ({checks:?}) | | | | | |",
+                case.provider
             );
             continue;
         }
@@ -224,21 +400,32 @@ fn wasm_tax(env: &Env, sandbox: &Sandbox, md: &mut String) {
             11,
             50,
             || {
-                (case.native)(&NativeCrypto, &case.credential, &case.config, case.now).unwrap();
+                (case.native_configured)().unwrap();
             },
             || {
-                sandbox
-                    .verify(case.provider, &case.credential, &case.config, case.now)
-                    .unwrap();
+                boxed().unwrap();
+            },
+        );
+        let (n_old, b_old) = side_by_side(
+            11,
+            50,
+            || {
+                (case.native_per_call)().unwrap();
+            },
+            || {
+                boxed_per_call().unwrap();
             },
         );
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} |",
+            "| {} | {} | {} | **{}** | {} | {} | {} |",
             case.provider,
             n.show(),
             b.show(),
-            ratio(&n, &b)
+            ratio(&n, &b),
+            n_old.show(),
+            b_old.show(),
+            ratio(&n_old, &b_old)
         );
     }
     md.push('\n');

@@ -6,10 +6,16 @@ use idgate_plugin_kit::{Identity, Provider, VerifyError};
 
 use crate::NativeCrypto;
 
-/// The one call into a verifier. Everything the fuzz targets know about the plugin
-/// contract is here, so a change of contract is a change of this function only.
-pub fn verify<P: Provider>(credential: &str, config: &str, now: i64) -> Result<Identity, VerifyError> {
-    P::verify(&NativeCrypto, credential, config, now)
+/// The plugin's `configure`, as the host runs it once at load (contract 0.2.0); a
+/// target's fixed configuration must be accepted.
+pub fn configure<P: Provider>(config: &str) -> P::Config {
+    P::configure(config).unwrap_or_else(|e| panic!("{}'s fuzz configuration is refused: {e}", P::NAME))
+}
+
+/// The one call into a verifier: its `verify` on a configured instance. Everything
+/// the fuzz targets know about the plugin contract is here and in [`configure`].
+pub fn verify<P: Provider>(config: &P::Config, credential: &str, now: i64) -> Result<Identity, VerifyError> {
+    P::verify(&NativeCrypto, config, credential, now)
 }
 
 /// AWS: the default configuration (built-in regional certificates, no policy).

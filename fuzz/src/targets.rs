@@ -84,26 +84,32 @@ fn aws_keys() -> &'static [Vec<u8>] {
 
 /// The AWS verifier on the input as the credential JSON.
 pub fn aws(data: &[u8]) {
-    plugin::<Aws>(data, plugins::AWS_CONFIG, plugins::AWS_NOW);
+    static CONFIG: OnceLock<<Aws as Provider>::Config> = OnceLock::new();
+    let config = CONFIG.get_or_init(|| plugins::configure::<Aws>(plugins::AWS_CONFIG));
+    plugin::<Aws>(data, config, plugins::AWS_NOW);
 }
 
 /// The Azure verifier on the input as the credential JSON.
 pub fn azure(data: &[u8]) {
-    plugin::<Azure>(data, plugins::AZURE_CONFIG, plugins::AZURE_NOW);
+    static CONFIG: OnceLock<<Azure as Provider>::Config> = OnceLock::new();
+    let config = CONFIG.get_or_init(|| plugins::configure::<Azure>(plugins::AZURE_CONFIG));
+    plugin::<Azure>(data, config, plugins::AZURE_NOW);
 }
 
 /// The GCP verifier on the input as the credential JSON.
 pub fn gcp(data: &[u8]) {
-    plugin::<Gcp>(data, plugins::gcp_config(), plugins::GCP_NOW);
+    static CONFIG: OnceLock<<Gcp as Provider>::Config> = OnceLock::new();
+    let config = CONFIG.get_or_init(|| plugins::configure::<Gcp>(plugins::gcp_config()));
+    plugin::<Gcp>(data, config, plugins::GCP_NOW);
 }
 
 /// The contract's promises hold whatever the credential: no panic, and an accepted
 /// credential names an instance. The host only passes UTF-8 (WIT strings).
-fn plugin<P: Provider>(data: &[u8], config: &str, now: i64) {
+fn plugin<P: Provider>(data: &[u8], config: &P::Config, now: i64) {
     let Ok(credential) = std::str::from_utf8(data) else {
         return;
     };
-    if let Ok(identity) = plugins::verify::<P>(credential, config, now) {
+    if let Ok(identity) = plugins::verify::<P>(config, credential, now) {
         assert!(
             !identity.instance_id.is_empty(),
             "{} accepted an empty instance ID",

@@ -41,11 +41,16 @@ fn example(name: &str) -> String {
 /// fuzzer starts from inputs that pass every check, not from ones refused at the door.
 #[test]
 fn the_targets_setup_accepts_the_genuine_credentials() {
-    let aws = plugins::verify::<Aws>(&example("aws-request.json"), plugins::AWS_CONFIG, plugins::AWS_NOW).unwrap();
+    let aws = plugins::verify::<Aws>(
+        &plugins::configure::<Aws>(plugins::AWS_CONFIG),
+        &example("aws-request.json"),
+        plugins::AWS_NOW,
+    )
+    .unwrap();
     assert_eq!(aws.instance_id, "i-076e9b91f7c420782");
     let azure = plugins::verify::<Azure>(
+        &plugins::configure::<Azure>(plugins::AZURE_CONFIG),
         &example("azure-request.json"),
-        plugins::AZURE_CONFIG,
         plugins::AZURE_NOW,
     )
     .unwrap();
@@ -55,6 +60,11 @@ fn the_targets_setup_accepts_the_genuine_credentials() {
     )
     .unwrap();
     let credential = serde_json::json!({ "json_web_token": token.trim() }).to_string();
-    let gcp = plugins::verify::<Gcp>(&credential, plugins::gcp_config(), plugins::GCP_NOW).unwrap();
+    let gcp = plugins::verify::<Gcp>(
+        &plugins::configure::<Gcp>(plugins::gcp_config()),
+        &credential,
+        plugins::GCP_NOW,
+    )
+    .unwrap();
     assert_eq!(gcp.instance_id, "8418160715288427941");
 }

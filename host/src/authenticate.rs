@@ -1,6 +1,14 @@
-//! From a credential to a verified identity: picks the provider's configuration,
-//! adds host-fetched key material (Google's keys for `gcp`), and runs the plugin.
+//! From a credential to a verified identity: configures every loaded plugin
+//! once with its provider block (refusing to start on a bad one), then per call
+//! adds host-fetched key material (Google's keys for `gcp`) and runs the plugin.
 //! Shared by `idgate verify` and the HTTP API so both verify the same way.
+//!
+//! Why Google's keys are a per-call input (`host-keys`) and not configuration:
+//! they rotate while the host runs, and the cache refreshes them on demand
+//! (an unknown `kid` refetches and retries). Baking them into the configured
+//! snapshot would mean re-running configure, re-snapshotting and recompiling
+//! the plugin (~1 s of compile) on every rotation, with the retried request
+//! waiting for it; reading a 2 KiB key set per call costs microseconds.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -9,7 +17,7 @@ use idgate_plugin_kit::{Identity, VerifyError};
 
 use crate::config::FileConfig;
 use crate::jwks::KeyCache;
-use crate::sandbox::{CallError, Sandbox};
+use crate::sandbox::{CallError, Configured, Sandbox};
 
 /// Why verification did not produce an identity.
 #[derive(Debug)]
@@ -36,29 +44,36 @@ pub const MAX_INSTANCE_ID_BYTES: usize = 256;
 /// Verifies credentials with the loaded plugins and the operator's configuration.
 pub struct Authenticator {
     sandbox: Arc<Sandbox>,
-    configs: BTreeMap<String, serde_json::Value>,
+    configured: BTreeMap<String, Configured>,
     gcp_keys: Option<KeyCache>,
 }
 
 impl Authenticator {
-    /// Builds the authenticator; sets up Google's key cache when a `gcp` plugin is loaded.
+    /// Builds the authenticator: configures every loaded plugin with its
+    /// provider block (an error names the plugin and the key it refused), and
+    /// sets up Google's key cache when a `gcp` plugin is loaded.
     pub fn new(sandbox: Arc<Sandbox>, file: &FileConfig) -> anyhow::Result<Authenticator> {
         let gcp_keys = if sandbox.has("gcp") {
             Some(KeyCache::from_config(&file.provider("gcp"))?)
         } else {
             None
         };
-        let configs = sandbox
-            .plugins()
-            .into_iter()
-            .map(|p| {
-                let block = file.provider(&p.provider);
-                (p.provider, block)
-            })
-            .collect();
+        let mut configured = BTreeMap::new();
+        for plugin in sandbox.plugins() {
+            let mut block = file.provider(&plugin.provider);
+            if plugin.provider == "gcp" {
+                // The cache's own keys are the host's business, not the plugin's.
+                if let Some(map) = block.as_object_mut() {
+                    for key in crate::jwks::HOST_KEYS {
+                        map.remove(key);
+                    }
+                }
+            }
+            configured.insert(plugin.provider.clone(), sandbox.configure(&plugin.provider, &block)?);
+        }
         Ok(Authenticator {
             sandbox,
-            configs,
+            configured,
             gcp_keys,
         })
     }
@@ -83,13 +98,13 @@ impl Authenticator {
     }
 
     async fn verify_unbounded(&self, provider: &str, credential: String, now: i64) -> Result<Identity, AuthError> {
-        let Some(block) = self.configs.get(provider) else {
+        let Some(plugin) = self.configured.get(provider) else {
             return Err(AuthError::Call(CallError::NotLoaded(provider.to_string())));
         };
         let Some(keys) = self.gcp_keys.as_ref().filter(|_| provider == "gcp") else {
             return self
                 .sandbox
-                .verify_async(provider, credential, block.to_string(), now)
+                .verify_async(plugin, credential, None, now)
                 .await
                 .map_err(AuthError::Call);
         };
@@ -99,7 +114,7 @@ impl Authenticator {
             .map_err(|e| AuthError::KeysUnavailable(e.to_string()))?;
         let first = self
             .sandbox
-            .verify_async(provider, credential.clone(), KeyCache::inject(block, key_set), now)
+            .verify_async(plugin, credential.clone(), Some(key_set.to_string()), now)
             .await;
         // A key Google rotated in since the last fetch: refresh once (rate-limited
         // inside the cache) and try again.
@@ -112,7 +127,7 @@ impl Authenticator {
                     .await
                     .map_err(|e| AuthError::KeysUnavailable(e.to_string()))?;
                 self.sandbox
-                    .verify_async(provider, credential, KeyCache::inject(block, key_set), now)
+                    .verify_async(plugin, credential, Some(key_set.to_string()), now)
                     .await
                     .map_err(AuthError::Call)
             }

@@ -69,6 +69,7 @@ impl SandboxConfig {
             deadline: self.deadline_ms.map_or(d.deadline, Duration::from_millis),
             max_concurrent: self.max_concurrent.unwrap_or(d.max_concurrent),
             pooling: self.pooling.unwrap_or(d.pooling),
+            ..d
         }
     }
 }

@@ -2,11 +2,11 @@
 //!
 //! Plugins have no network, so the host fetches Google's JWKS (or reads it from a
 //! file for offline use), caches it for as long as the response's `Cache-Control:
-//! max-age` (or `Expires`) allows, and hands it to the plugin on every call as the
-//! `jwks` member of its configuration ([`KeyCache::inject`]).
+//! max-age` (or `Expires`) allows, and hands it to the plugin on every call
+//! through the contract's `host-keys` import (to a 0.1.0 plugin: as the `jwks`
+//! member of its configuration, [`KeyCache::inject`]).
 //!
-//! Flow per request (see `authenticate.rs`): [`KeyCache::key_set`] → inject →
-//! plugin. If the plugin answers `untrusted-signer` with [`UNKNOWN_KID_MARKER`] in
+//! Flow per request (see `authenticate.rs`): [`KeyCache::key_set`] → plugin. If the plugin answers `untrusted-signer` with [`UNKNOWN_KID_MARKER`] in
 //! its reason (Google rotated in a key since the last fetch),
 //! [`KeyCache::refresh_for_unknown_kid`] refetches at most once per
 //! `jwks_min_refresh_secs`, and the call is retried once if it did.

@@ -20,7 +20,7 @@ use x509_cert::der::EncodePem;
 const NOW: i64 = 1_780_000_000; // 2026-05-28T20:26:40Z
 
 fn verify(credential: Value, config: Value) -> Result<Identity, CallError> {
-    sandbox().verify("aws", &credential.to_string(), &config.to_string(), NOW)
+    sandbox().verify_configuring("aws", &credential.to_string(), &config.to_string(), None, NOW)
 }
 
 fn rejected(result: Result<Identity, CallError>) -> VerifyError {

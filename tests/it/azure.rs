@@ -84,7 +84,7 @@ const GOV_VM: &str = "990878d4-068a-4ac4-9ee9-1231d2218ef2";
 
 fn verify_b64(signature: &str, config: &Value, now: i64) -> Result<Identity, CallError> {
     let credential = json!({ "signature": signature, "encoding": "pkcs7" }).to_string();
-    idgate_tests::sandbox().verify("azure", &credential, &config.to_string(), now)
+    idgate_tests::sandbox().verify_configuring("azure", &credential, &config.to_string(), None, now)
 }
 
 fn verify_der(pkcs7: &[u8], config: &Value, now: i64) -> Result<Identity, CallError> {
@@ -218,7 +218,7 @@ fn malformed_credentials_are_clear_errors() {
         assert!(!why.is_empty(), "{what}");
     }
     for credential in ["", "[]", "{}", r#"{"signature": 5}"#] {
-        let result = idgate_tests::sandbox().verify("azure", credential, "{}", REGULAR_NOW);
+        let result = idgate_tests::sandbox().verify_configuring("azure", credential, "{}", None, REGULAR_NOW);
         refused(result, "malformed");
     }
 }

@@ -481,18 +481,26 @@ async fn no_secret_reaches_the_logs_even_at_trace() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("idgate.toml");
     std::fs::write(&config, gcp_config(dir.path())).unwrap();
-    let mut cmd = Command::new(idgate_binary());
-    cmd.env_remove("IDGATE_CONFIG")
-        .arg("--config")
-        .arg(&config)
-        .arg("--plugins")
-        .arg(test_plugin_dir())
-        .arg("--cache-dir")
-        .arg(component_cache_dir())
-        .arg("--database-url")
-        .arg(&db.url)
-        .env("RUST_LOG", "trace");
-    let served = serve_command(cmd);
+    let idgate = |log: &str| {
+        let mut cmd = Command::new(idgate_binary());
+        cmd.env_remove("IDGATE_CONFIG")
+            .arg("--config")
+            .arg(&config)
+            .arg("--plugins")
+            .arg(test_plugin_dir())
+            .arg("--cache-dir")
+            .arg(component_cache_dir())
+            .arg("--database-url")
+            .arg(&db.url)
+            .env("RUST_LOG", log);
+        cmd
+    };
+    // A first start compiles this configuration's snapshots into the cache:
+    // Cranelift's own trace output would otherwise take minutes and say nothing
+    // about requests.
+    let (status, logs) = terminate(serve_command(idgate("warn")));
+    assert!(status.success(), "{logs}");
+    let served = serve_command(idgate("trace"));
 
     let aws_body = std::fs::read_to_string(root().join("examples/aws-request.json")).unwrap();
     let azure_body = std::fs::read_to_string(root().join("examples/azure-request.json")).unwrap();

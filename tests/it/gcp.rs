@@ -27,7 +27,7 @@ const NOW: i64 = 1_750_000_000;
 
 fn verify(token: &str, config: &Value, now: i64) -> Result<Identity, CallError> {
     let credential = json!({ "json_web_token": token }).to_string();
-    idgate_tests::sandbox().verify("gcp", &credential, &config.to_string(), now)
+    idgate_tests::sandbox().verify_configuring("gcp", &credential, &config.to_string(), None, now)
 }
 
 fn genuine_token() -> String {
@@ -138,7 +138,7 @@ fn malformed_credentials_are_400_never_traps() {
         r#"{"json_web_token": "!!.e30.AA"}"#.into(),
         json!({ "json_web_token": "e30.".repeat(5000) }).to_string(),
     ] {
-        match sandbox.verify("gcp", &credential, &config.to_string(), GENUINE_NOW) {
+        match sandbox.verify_configuring("gcp", &credential, &config.to_string(), None, GENUINE_NOW) {
             Err(CallError::Rejected(VerifyError::Malformed(_))) => {}
             other => panic!("{credential:.80}: {other:?}"),
         }

@@ -1,17 +1,27 @@
 //! The sandbox contains misbehaving plugins: each fault fails only its own call,
-//! quickly, with an error naming the plugin, and well-behaved calls go on.
+//! quickly, with an error naming the plugin, and well-behaved calls go on. Calls
+//! start from the configured snapshot, and nothing one call writes reaches the
+//! next. Plugins built against contract 0.1.0 still load and authenticate.
 
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use idgate::sandbox::{CallError, FaultKind, Limits, Sandbox};
+use idgate::sandbox::{CallError, Configured, FaultKind, Limits, Sandbox};
 use idgate_plugin_kit::VerifyError;
-use idgate_tests::{component_cache_dir, sandbox, test_limits, test_plugin_dir};
+use idgate_tests::{component_cache_dir, read_data, sandbox, test_limits, test_plugin_dir, test_plugin_dir_0_1_0};
+use serde_json::json;
 
-fn misbehave(what: &str) -> Result<idgate_plugin_kit::Identity, CallError> {
-    sandbox().verify("misbehave", &format!("\"{what}\""), "{\"k\":1}", 1_700_000_000)
+/// The misbehaving fixture, configured once (snapshotted) with `{"k":1}`.
+fn configured() -> &'static Configured {
+    static CONFIGURED: OnceLock<Configured> = OnceLock::new();
+    CONFIGURED.get_or_init(|| sandbox().configure("misbehave", &json!({"k": 1})).unwrap())
 }
 
-/// A well-behaved call still answers, with exactly what it was given.
+fn misbehave(what: &str) -> Result<idgate_plugin_kit::Identity, CallError> {
+    sandbox().verify(configured(), &format!("\"{what}\""), None, 1_700_000_000)
+}
+
+/// A well-behaved call still answers, with exactly what it was configured with.
 fn assert_still_serving() {
     let id = misbehave("echo").expect("echo answers");
     assert_eq!(id.instance_id, "{\"k\":1}");
@@ -49,7 +59,7 @@ fn plugins_load_with_their_provider_names_and_contract() {
         .collect();
     for want in ["aws", "azure", "gcp", "misbehave"] {
         assert!(
-            providers.contains(&(want.to_string(), "0.1.0".to_string())),
+            providers.contains(&(want.to_string(), "0.2.0".to_string())),
             "{want} missing from {providers:?}"
         );
     }
@@ -103,6 +113,138 @@ fn every_call_gets_a_fresh_instance() {
     }
 }
 
+/// The isolation proof: the fixture leaves a marker in static memory and in a
+/// fresh heap allocation on every call, and refuses if it finds one. Calls come
+/// from the same snapshot, one after another and from several threads at once,
+/// with both memory allocators (the pool reuses slots).
+#[test]
+fn nothing_a_call_writes_reaches_the_next() {
+    for pooling in [true, false] {
+        let s = Sandbox::load(
+            &test_plugin_dir(),
+            Some(&component_cache_dir()),
+            Limits {
+                pooling,
+                ..test_limits()
+            },
+        )
+        .unwrap();
+        let plugin = s.configure("misbehave", &json!({})).unwrap();
+        for _ in 0..20 {
+            let id = s.verify(&plugin, "\"marker\"", None, 0);
+            assert_eq!(id.unwrap().instance_id, "no marker", "pooling {pooling}");
+        }
+        std::thread::scope(|scope| {
+            for _ in 0..4 {
+                scope.spawn(|| {
+                    for _ in 0..10 {
+                        let id = s.verify(&plugin, "\"marker\"", None, 0);
+                        assert_eq!(id.unwrap().instance_id, "no marker", "pooling {pooling}");
+                    }
+                });
+            }
+        });
+        // The same holds when each call configures its own instance.
+        for _ in 0..3 {
+            let id = s.verify_configuring("misbehave", "\"marker\"", "{}", None, 0);
+            assert_eq!(id.unwrap().instance_id, "no marker");
+        }
+    }
+}
+
+#[test]
+fn configure_state_is_in_the_snapshot_and_configure_runs_once() {
+    let plugin = sandbox().configure("misbehave", &json!({"ca": "x"})).unwrap();
+    for _ in 0..3 {
+        assert_eq!(
+            sandbox().verify(&plugin, "\"echo\"", None, 7).unwrap().instance_id,
+            "{\"ca\":\"x\"}"
+        );
+    }
+    // Two configurations of one plugin are independent images.
+    assert_eq!(misbehave("echo").unwrap().instance_id, "{\"k\":1}");
+}
+
+#[test]
+fn a_refused_configuration_names_the_plugin_and_the_key() {
+    let err = sandbox()
+        .configure("aws", &json!({"allowed_acounts": ["1"]}))
+        .unwrap_err();
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("aws plugin") && text.contains("allowed_acounts"),
+        "{text}"
+    );
+    assert!(text.contains("bad-config"), "{text}");
+
+    let err = sandbox()
+        .configure("azure", &json!({"roots": "no pem here"}))
+        .unwrap_err();
+    let text = format!("{err:#}");
+    assert!(text.contains("azure plugin") && text.contains("roots"), "{text}");
+
+    let err = sandbox().configure("gcp", &json!({"allowed_zones": []})).unwrap_err();
+    let text = format!("{err:#}");
+    assert!(text.contains("gcp plugin") && text.contains("allowed_zones"), "{text}");
+
+    let err = sandbox().configure("nope", &json!({})).unwrap_err();
+    assert!(err.to_string().contains("nope"), "{err}");
+}
+
+#[test]
+fn configure_runs_under_the_same_limits() {
+    let err = sandbox()
+        .configure("misbehave", &json!({"configure": "loop"}))
+        .unwrap_err();
+    let text = format!("{err:#}");
+    assert!(text.contains("misbehave") && text.contains("CPU deadline"), "{text}");
+    let err = sandbox()
+        .configure("misbehave", &json!({"configure": "panic"}))
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("trapped"), "{err:#}");
+    let err = sandbox()
+        .configure("misbehave", &json!({"configure": "refuse"}))
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("refused as asked"), "{err:#}");
+    assert_still_serving();
+}
+
+#[test]
+fn configured_snapshots_are_cached_by_plugin_and_configuration() {
+    // A configuration no earlier run used: the first configure snapshots and
+    // compiles, a second sandbox finds it in the cache, another config does not.
+    let unique = format!("{:?}", std::time::SystemTime::now());
+    let first = sandbox().configure("misbehave", &json!({ "run": unique })).unwrap();
+    assert!(!first.cached());
+    let again = Sandbox::load(&test_plugin_dir(), Some(&component_cache_dir()), test_limits()).unwrap();
+    let second = again.configure("misbehave", &json!({ "run": unique })).unwrap();
+    assert!(second.cached());
+    assert_eq!(
+        again.verify(&second, "\"echo\"", None, 0).unwrap().instance_id,
+        json!({ "run": unique }).to_string()
+    );
+    let other = again
+        .configure("misbehave", &json!({ "run": unique, "other": true }))
+        .unwrap();
+    assert!(!other.cached());
+}
+
+#[test]
+fn host_keys_are_a_per_call_input() {
+    let keys = r#"{"keys":[]}"#;
+    assert_eq!(
+        sandbox()
+            .verify(configured(), "\"keys\"", Some(keys), 0)
+            .unwrap()
+            .instance_id,
+        keys
+    );
+    assert_eq!(
+        sandbox().verify(configured(), "\"keys\"", None, 0).unwrap().instance_id,
+        "none"
+    );
+}
+
 #[test]
 fn faults_do_not_disturb_concurrent_calls() {
     let handles: Vec<_> = ["loop", "memory", "panic", "echo", "echo", "echo"]
@@ -121,7 +263,7 @@ fn faults_do_not_disturb_concurrent_calls() {
 #[test]
 fn unknown_provider_is_not_loaded() {
     assert!(matches!(
-        sandbox().verify("nope", "{}", "{}", 0),
+        sandbox().verify_configuring("nope", "{}", "{}", None, 0),
         Err(CallError::NotLoaded(p)) if p == "nope"
     ));
 }
@@ -133,7 +275,7 @@ fn plugin_errors_come_back_typed() {
         other => panic!("expected Refused, got {other:?}"),
     }
     // An identity without an instance ID is never accepted.
-    match sandbox().verify("misbehave", "\"echo\"", "", 0) {
+    match sandbox().verify_configuring("misbehave", "\"echo\"", "", None, 0) {
         Err(CallError::Rejected(VerifyError::Malformed(reason))) => assert!(reason.contains("no instance ID")),
         other => panic!("expected Malformed, got {other:?}"),
     }
@@ -158,7 +300,8 @@ fn limits_are_configurable() {
         },
     )
     .unwrap();
-    match tight.verify("misbehave", "\"memory\"", "{}", 0) {
+    let plugin = tight.configure("misbehave", &json!({})).unwrap();
+    match tight.verify(&plugin, "\"memory\"", None, 0) {
         Err(CallError::Fault {
             kind: FaultKind::Memory,
             message,
@@ -169,39 +312,109 @@ fn limits_are_configurable() {
 }
 
 #[test]
-fn the_pooling_allocator_keeps_the_same_guarantees() {
-    let pooled = Sandbox::load(
+fn the_on_demand_allocator_keeps_the_same_guarantees() {
+    let on_demand = Sandbox::load(
         &test_plugin_dir(),
         Some(&component_cache_dir()),
         Limits {
-            pooling: true,
+            pooling: false,
             ..test_limits()
         },
     )
     .unwrap();
-    // Fresh instance per call: a reused memory slot is reset, statics start over.
+    let plugin = on_demand.configure("misbehave", &json!({})).unwrap();
     for _ in 0..3 {
         assert_eq!(
-            pooled.verify("misbehave", "\"state\"", "{}", 0).unwrap().instance_id,
+            on_demand.verify(&plugin, "\"state\"", None, 0).unwrap().instance_id,
             "call-1"
         );
     }
     assert!(matches!(
-        pooled.verify("misbehave", "\"memory\"", "{}", 0),
+        on_demand.verify(&plugin, "\"memory\"", None, 0),
         Err(CallError::Fault {
             kind: FaultKind::Memory,
             ..
         })
     ));
     assert!(matches!(
-        pooled.verify("misbehave", "\"loop\"", "{}", 0),
+        on_demand.verify(&plugin, "\"loop\"", None, 0),
         Err(CallError::Fault {
             kind: FaultKind::Deadline,
             ..
         })
     ));
     assert_eq!(
-        pooled.verify("misbehave", "\"echo\"", "{}", 0).unwrap().instance_id,
+        on_demand.verify(&plugin, "\"echo\"", None, 0).unwrap().instance_id,
         "{}"
     );
+}
+
+/// Genuine credentials of every provider through the configured snapshots: the
+/// path `idgate serve` takes.
+#[test]
+fn genuine_credentials_verify_from_configured_snapshots() {
+    let s = sandbox();
+    let aws = s.configure("aws", &json!({})).unwrap();
+    let credential = json!({
+        "document": read_data("aws/coder_iid_document.json"),
+        "signature": read_data("aws/coder_iid_signature.b64"),
+    });
+    let id = s.verify(&aws, &credential.to_string(), None, 1_780_000_000).unwrap();
+    assert_eq!(id.instance_id, "i-076e9b91f7c420782");
+
+    let azure = s.configure("azure", &json!({})).unwrap();
+    let credential = json!({"signature": read_data("azure/coder_regular_attested.b64"), "encoding": "pkcs7"});
+    let id = s.verify(&azure, &credential.to_string(), None, 1_650_337_200).unwrap();
+    assert!(!id.instance_id.is_empty());
+
+    let gcp = s
+        .configure("gcp", &json!({"audience": "71d1b279-2fe3-4828-85f5-2f4a2fdb02a1"}))
+        .unwrap();
+    let credential = json!({"json_web_token": read_data("gcp/infisical_gce_full_2024.jwt").trim()});
+    let keys = read_data("gcp/google_jwk_a3b762f8.json");
+    let id = s
+        .verify(&gcp, &credential.to_string(), Some(&keys), 1_715_963_400)
+        .unwrap();
+    assert_eq!(id.instance_id, "8418160715288427941");
+    // Without the host's keys the snapshot has none: the keys are never configuration.
+    idgate_tests::refused(
+        s.verify(&gcp, &credential.to_string(), None, 1_715_963_400),
+        "bad-config",
+    );
+}
+
+/// A plugin built against contract 0.1.0 (the AWS plugin, `contract-0-1`)
+/// loads beside the host's 0.2.0 support and authenticates genuine credentials.
+#[test]
+fn a_contract_0_1_0_plugin_still_authenticates() {
+    let dir = test_plugin_dir_0_1_0();
+    let old = Sandbox::load(&dir, Some(&component_cache_dir()), test_limits())
+        .unwrap_or_else(|e| panic!("loading {}: {e:#} (build it with `cargo xtask plugins`)", dir.display()));
+    let plugins = old.plugins();
+    assert_eq!(plugins.len(), 1);
+    assert_eq!(
+        (plugins[0].provider.as_str(), plugins[0].contract.as_str()),
+        ("aws", "0.1.0")
+    );
+
+    let (document, signature) = (
+        read_data("aws/coder_iid_document.json"),
+        read_data("aws/coder_iid_signature.b64"),
+    );
+    let credential = json!({"document": document, "signature": signature}).to_string();
+    let aws = old.configure("aws", &json!({})).unwrap();
+    let id = old.verify(&aws, &credential, None, 1_780_000_000).unwrap();
+    assert_eq!(id.instance_id, "i-076e9b91f7c420782");
+    assert_eq!(id.attribute("region"), Some("us-east-1"));
+
+    let tampered = json!({"document": document.replace("us-east-1", "us-east-2"), "signature": signature});
+    match old.verify(&aws, &tampered.to_string(), None, 1_780_000_000) {
+        Err(CallError::Rejected(VerifyError::BadSignature(_) | VerifyError::UntrustedSigner(_))) => {}
+        other => panic!("tampered document: {other:?}"),
+    }
+    // Its configuration still travels with each call: an allow-list applies.
+    let strict = old
+        .configure("aws", &json!({"allowed_accounts": ["000000000000"]}))
+        .unwrap();
+    idgate_tests::refused(old.verify(&strict, &credential, None, 1_780_000_000), "refused");
 }

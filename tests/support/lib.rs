@@ -40,6 +40,11 @@ pub fn test_plugin_dir() -> PathBuf {
     target_dir().join("test-plugins")
 }
 
+/// Where `cargo xtask plugins` puts the AWS plugin built against contract 0.1.0.
+pub fn test_plugin_dir_0_1_0() -> PathBuf {
+    target_dir().join("test-plugins-0.1.0")
+}
+
 /// Where compiled components are cached between test runs.
 pub fn component_cache_dir() -> PathBuf {
     target_dir().join("component-cache")

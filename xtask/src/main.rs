@@ -130,6 +130,9 @@ fn plugins(names: &[String]) -> Result {
     if chosen.iter().any(|(short, _, _)| *short == "misbehave") {
         impersonating_fixture(&built)?;
     }
+    if chosen.iter().any(|(short, _, _)| *short == "aws") {
+        contract_0_1_plugin(&built)?;
+    }
     Ok(())
 }
 
@@ -189,12 +192,34 @@ fn ensure_postgres() -> Result {
 }
 
 /// `target/test-plugins-faulty/aws.wasm`: the misbehaving fixture answering as
-/// provider `aws`, so the HTTP tests can make a routed endpoint trap. Built after
-/// the normal fixture and restored, so the normal one stays installed.
+/// provider `aws`, so the HTTP tests can make a routed endpoint trap.
 fn impersonating_fixture(built: &Path) -> Result {
-    let dir = target_dir().join("test-plugins-faulty");
-    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-    let file = built.join("idgate_fixture_misbehave.wasm");
+    variant(
+        built,
+        "idgate-fixture-misbehave",
+        "impersonate-aws",
+        &target_dir().join("test-plugins-faulty").join("aws.wasm"),
+    )
+}
+
+/// `target/test-plugins-0.1.0/aws.wasm`: the AWS plugin built against contract
+/// 0.1.0, so the tests prove the host still loads and runs 0.1.0 plugins.
+fn contract_0_1_plugin(built: &Path) -> Result {
+    variant(
+        built,
+        "idgate-plugin-aws",
+        "idgate-plugin-kit/contract-0-1",
+        &target_dir().join("test-plugins-0.1.0").join("aws.wasm"),
+    )
+}
+
+/// Builds `package` again with `features` and installs the result at `dest`;
+/// the normal build's file is restored, so the normal one stays installed.
+fn variant(built: &Path, package: &str, features: &str, dest: &Path) -> Result {
+    if let Some(dir) = dest.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    }
+    let file = built.join(format!("{}.wasm", package.replace('-', "_")));
     let keep = std::fs::read(&file).map_err(|e| format!("reading {}: {e}", file.display()))?;
     cargo(&[
         "build",
@@ -202,11 +227,11 @@ fn impersonating_fixture(built: &Path) -> Result {
         "--target",
         WASM_TARGET,
         "-p",
-        "idgate-fixture-misbehave",
+        package,
         "--features",
-        "impersonate-aws",
+        features,
     ])?;
-    std::fs::copy(&file, dir.join("aws.wasm")).map_err(|e| format!("copying the aws impersonator: {e}"))?;
+    std::fs::copy(&file, dest).map_err(|e| format!("copying {} to {}: {e}", file.display(), dest.display()))?;
     std::fs::write(&file, keep).map_err(|e| format!("restoring {}: {e}", file.display()))?;
     Ok(())
 }

@@ -274,7 +274,11 @@ async fn verify(settings: &Settings, args: VerifyArgs) -> anyhow::Result<ExitCod
             return Ok(fail(1, &format!("validation failed: missing or empty {fields:?}")));
         }
     };
-    let auth = Authenticator::new(sandbox, &settings.file)?;
+    // A configuration a plugin refuses is an operator error, like a bad flag.
+    let auth = match Authenticator::new(sandbox, &settings.file) {
+        Ok(auth) => auth,
+        Err(e) => return Ok(fail(2, &format!("{e:#}"))),
+    };
     match auth.verify(&args.provider, parsed.credential, now).await {
         Ok(identity) => {
             let attributes: serde_json::Map<String, serde_json::Value> = identity

@@ -47,9 +47,16 @@ struct RawConfig {
     max_age_secs: u64,
 }
 
-/// Operator configuration, with configured certificates already parsed.
-#[derive(Debug, Default)]
+/// Operator configuration, with configured certificates already parsed and the
+/// built-in tables decoded (once, at configure time: the snapshot keeps them).
+#[derive(Debug)]
 pub struct Config {
+    /// Built-in keys by region, for IMDS `/signature` (RSA-1024 table).
+    builtin_rsa1024: BTreeMap<String, Key>,
+    /// Built-in keys by region, for IMDS `/rsa2048`.
+    builtin_rsa2048: BTreeMap<String, Key>,
+    /// AWS's DSA key of the legacy PKCS#7, offered for every region the tables know.
+    builtin_dsa: Key,
     /// Region → the keys of its configured certificates (RSA and/or DSA).
     certificates: BTreeMap<String, Vec<Key>>,
     /// Accounts allowed (empty: any).
@@ -99,7 +106,23 @@ impl Config {
                 .collect::<Result<Vec<_>, _>>()?;
             certificates.insert(region, keys);
         }
+        let builtin = |table: Table| -> Result<BTreeMap<String, Key>, VerifyError> {
+            trust::regions(table)
+                .into_iter()
+                .map(|region| {
+                    let pem = trust::certificate_pem(table, &region).unwrap_or_default();
+                    let key = trust::key_of(pem, "built-in").map_err(|e| {
+                        VerifyError::BadConfig(format!("built-in certificate for region {region:?}: {e}"))
+                    })?;
+                    Ok((region, key))
+                })
+                .collect()
+        };
         Ok(Config {
+            builtin_rsa1024: builtin(Table::Rsa1024)?,
+            builtin_rsa2048: builtin(Table::Rsa2048)?,
+            builtin_dsa: trust::key_of(trust::DSA, "built-in")
+                .map_err(|e| VerifyError::BadConfig(format!("built-in DSA certificate: {e}")))?,
             certificates,
             allowed_accounts: raw.allowed_accounts,
             allowed_regions: raw.allowed_regions,
@@ -127,17 +150,13 @@ impl Config {
         if !configured.is_empty() {
             return Ok(configured);
         }
-        let pem = match purpose {
-            Purpose::Signature => trust::certificate_pem(Table::Rsa1024, region),
-            Purpose::Rsa2048 => trust::certificate_pem(Table::Rsa2048, region),
-            Purpose::Dsa => trust::is_known_region(region).then_some(trust::DSA),
+        let known = || self.builtin_rsa1024.contains_key(region) || self.builtin_rsa2048.contains_key(region);
+        let key = match purpose {
+            Purpose::Signature => self.builtin_rsa1024.get(region),
+            Purpose::Rsa2048 => self.builtin_rsa2048.get(region),
+            Purpose::Dsa => known().then_some(&self.builtin_dsa),
         };
-        match pem {
-            Some(pem) => trust::key_of(pem, "built-in")
-                .map(|k| vec![k])
-                .map_err(|e| VerifyError::BadConfig(format!("built-in certificate for region {region:?}: {e}"))),
-            None => Ok(Vec::new()),
-        }
+        Ok(key.cloned().into_iter().collect())
     }
 
     /// Allow-lists and freshness, checked on a verified document.

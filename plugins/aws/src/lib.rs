@@ -71,9 +71,13 @@ fn given(field: &Option<String>) -> Option<&str> {
 
 impl Provider for Aws {
     const NAME: &'static str = "aws";
+    type Config = Config;
 
-    fn verify(crypto: &dyn Crypto, credential: &str, config: &str, now: i64) -> Result<Identity, VerifyError> {
-        let config = Config::parse(config)?;
+    fn configure(config: &str) -> Result<Config, VerifyError> {
+        Config::parse(config)
+    }
+
+    fn verify(crypto: &dyn Crypto, config: &Config, credential: &str, now: i64) -> Result<Identity, VerifyError> {
         let cred = Credential::parse(credential)?;
         let (doc, form) = match (given(&cred.signature), given(&cred.document), given(&cred.pkcs7)) {
             (None, _, None) => {
@@ -84,14 +88,14 @@ impl Provider for Aws {
             (Some(_), None, None) => return Err(VerifyError::Malformed("document is required with signature".into())),
             (Some(sig), Some(document), None) => {
                 let doc = Document::parse(document)?;
-                signature::verify(crypto, &config, &doc.region, document.as_bytes(), sig)?;
+                signature::verify(crypto, config, &doc.region, document.as_bytes(), sig)?;
                 (doc, "signature".to_string())
             }
             (sig, document, Some(p7)) => {
                 // The identity is read from what was signed, never from a side copy.
                 let signed = pkcs7::parse(p7)?;
                 let doc = Document::parse(&signed.document)?;
-                let form = pkcs7::verify(crypto, &config, &signed, &doc.region)?;
+                let form = pkcs7::verify(crypto, config, &signed, &doc.region)?;
                 if document.is_some_and(|d| d.as_bytes() != signed.document.as_bytes()) {
                     return Err(VerifyError::BadSignature(
                         "document differs from the content the PKCS#7 signs".into(),
@@ -100,7 +104,7 @@ impl Provider for Aws {
                 // Both forms sent: both must hold.
                 match sig {
                     Some(sig) => {
-                        signature::verify(crypto, &config, &doc.region, signed.document.as_bytes(), sig)?;
+                        signature::verify(crypto, config, &doc.region, signed.document.as_bytes(), sig)?;
                         (doc, format!("signature+{form}"))
                     }
                     None => (doc, form.to_string()),

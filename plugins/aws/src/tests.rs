@@ -16,7 +16,7 @@ const DSA_P7: &str = include_str!("../../../tests/data/aws/vault_fullsailor_ec2_
 const NOW: i64 = 1_780_000_000;
 
 fn verify(credential: serde_json::Value) -> Result<idgate_plugin_kit::Identity, VerifyError> {
-    Aws::verify(&TestCrypto, &credential.to_string(), "{}", NOW)
+    Aws::configure_and_verify(&TestCrypto, &credential.to_string(), "{}", NOW)
 }
 
 #[test]
@@ -73,7 +73,7 @@ fn tampering() {
     let af = crate::trust::certificate_pem(crate::trust::Table::Rsa2048, "af-south-1").unwrap();
     let config = json!({"certificates": {"ap-southeast-2": af}}).to_string();
     assert!(matches!(
-        Aws::verify(&TestCrypto, &json!({"pkcs7": APSE2_P7}).to_string(), &config, NOW),
+        Aws::configure_and_verify(&TestCrypto, &json!({"pkcs7": APSE2_P7}).to_string(), &config, NOW),
         Err(VerifyError::BadSignature(_))
     ));
 }
@@ -109,7 +109,7 @@ fn garbage_never_panics() {
     ] {
         assert!(
             matches!(
-                Aws::verify(&TestCrypto, cred, "{}", NOW),
+                Aws::configure_and_verify(&TestCrypto, cred, "{}", NOW),
                 Err(VerifyError::Malformed(_))
             ),
             "{cred}"
@@ -120,7 +120,7 @@ fn garbage_never_panics() {
 #[test]
 fn configured_certificates_replace_built_in_ones_by_key_type() {
     let with_config = |cred: serde_json::Value, config: serde_json::Value| {
-        Aws::verify(&TestCrypto, &cred.to_string(), &config.to_string(), NOW)
+        Aws::configure_and_verify(&TestCrypto, &cred.to_string(), &config.to_string(), NOW)
     };
     // A DSA-only entry: the legacy PKCS#7 uses it, the signature form keeps the built-in RSA key.
     let dsa_only = json!({"certificates": {"us-east-1": crate::trust::DSA}});

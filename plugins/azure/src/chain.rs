@@ -30,6 +30,19 @@ pub struct TrustStore {
 /// validity period, `UntrustedSigner` for everything else (no issuer, not a CA,
 /// bad signature, path too long).
 pub fn validate(crypto: &dyn Crypto, leaf: &Cert, store: &TrustStore, now: i64) -> Result<Vec<String>, VerifyError> {
+    validate_with(crypto, leaf, store, &[], now)
+}
+
+/// [`validate`], with `carried` (certificates the PKCS#7 brought) usable as
+/// intermediates after the store's own, never as roots. Separate from the store
+/// so a configured store is shared, not copied, per credential.
+pub fn validate_with(
+    crypto: &dyn Crypto,
+    leaf: &Cert,
+    store: &TrustStore,
+    carried: &[Cert],
+    now: i64,
+) -> Result<Vec<String>, VerifyError> {
     if let Some(why) = leaf.validity_error(now) {
         return Err(VerifyError::Expired(why));
     }
@@ -48,6 +61,7 @@ pub fn validate(crypto: &dyn Crypto, leaf: &Cert, store: &TrustStore, now: i64) 
     let mut search = Search {
         crypto,
         store,
+        carried,
         now,
         checks: 0,
         expired: None,
@@ -67,6 +81,7 @@ pub fn validate(crypto: &dyn Crypto, leaf: &Cert, store: &TrustStore, now: i64) 
 struct Search<'a> {
     crypto: &'a dyn Crypto,
     store: &'a TrustStore,
+    carried: &'a [Cert],
     now: i64,
     checks: usize,
     /// The first validity failure seen (reported in preference: it is the most specific).
@@ -83,7 +98,7 @@ impl<'a> Search<'a> {
             return false;
         };
         let roots = self.store.roots.iter().map(|c| (c, true));
-        let inters = self.store.intermediates.iter().map(|c| (c, false));
+        let inters = self.store.intermediates.iter().chain(self.carried).map(|c| (c, false));
         let candidates: Vec<(&'a Cert, bool)> = roots
             .chain(inters)
             .filter(|(c, _)| c.subject == child.issuer && !path.iter().any(|p| p.der == c.der))

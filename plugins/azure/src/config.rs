@@ -4,10 +4,14 @@ use idgate_plugin_kit::{pem, VerifyError};
 use serde::Deserialize;
 
 use crate::cert::Cert;
+use crate::chain::TrustStore;
 
 /// Parsed configuration; every key is optional.
 #[derive(Debug, Default)]
 pub struct Config {
+    /// What a chain may use: the built-in roots and intermediates followed by the
+    /// configured ones, decoded once at configure time.
+    pub store: TrustStore,
     /// Extra pinned roots.
     pub roots: Vec<Cert>,
     /// Extra intermediates.
@@ -32,9 +36,17 @@ impl Config {
     pub fn parse(json: &str) -> Result<Config, VerifyError> {
         let json = if json.trim().is_empty() { "{}" } else { json };
         let raw: Raw = serde_json::from_str(json).map_err(|e| VerifyError::BadConfig(format!("azure config: {e}")))?;
+        let roots = certs(raw.roots.as_deref(), "roots")?;
+        let intermediates = certs(raw.intermediates.as_deref(), "intermediates")?;
+        let builtin =
+            crate::trust::builtin().map_err(|e| VerifyError::BadConfig(format!("built-in Azure certificates: {e}")))?;
         Ok(Config {
-            roots: certs(raw.roots.as_deref(), "roots")?,
-            intermediates: certs(raw.intermediates.as_deref(), "intermediates")?,
+            store: TrustStore {
+                roots: builtin.roots.iter().chain(&roots).cloned().collect(),
+                intermediates: builtin.intermediates.iter().chain(&intermediates).cloned().collect(),
+            },
+            roots,
+            intermediates,
             check_expires_on: raw.check_expires_on.unwrap_or(true),
             allowed_subscriptions: raw.allowed_subscriptions,
         })

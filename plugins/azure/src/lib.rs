@@ -22,7 +22,6 @@ use idgate_plugin_kit::time::format_rfc3339;
 use idgate_plugin_kit::{encoding, signed_data, Crypto, Identity, Provider, VerifyError};
 
 use crate::cert::Cert;
-use crate::chain::TrustStore;
 use crate::config::Config;
 use crate::document::{parse_azure_time, Document};
 
@@ -31,11 +30,15 @@ pub struct Azure;
 
 impl Provider for Azure {
     const NAME: &'static str = "azure";
+    type Config = Config;
 
-    fn verify(crypto: &dyn Crypto, credential: &str, config: &str, now: i64) -> Result<Identity, VerifyError> {
-        let config = Config::parse(config)?;
+    fn configure(config: &str) -> Result<Config, VerifyError> {
+        Config::parse(config)
+    }
+
+    fn verify(crypto: &dyn Crypto, config: &Config, credential: &str, now: i64) -> Result<Identity, VerifyError> {
         let pkcs7 = credential_pkcs7(credential)?;
-        verify_pkcs7(crypto, &pkcs7, &config, now)
+        verify_pkcs7(crypto, &pkcs7, config, now)
     }
 }
 
@@ -63,26 +66,16 @@ pub fn verify_pkcs7(crypto: &dyn Crypto, pkcs7: &[u8], config: &Config, now: i64
         .map_err(|e| VerifyError::Malformed(format!("signer certificate in the PKCS#7: {e}")))?;
     signed.verify_signer(crypto, &signer.spki, false)?;
 
-    // 2. The signer certificate's chain to a pinned root.
-    let builtin = trust::builtin().map_err(|e| VerifyError::BadConfig(format!("built-in Azure certificates: {e}")))?;
-    let mut store = TrustStore {
-        roots: builtin.roots.iter().chain(&config.roots).cloned().collect(),
-        intermediates: builtin
-            .intermediates
-            .iter()
-            .chain(&config.intermediates)
-            .cloned()
-            .collect(),
-    };
-    // Certificates the PKCS#7 carries may serve as intermediates, never as roots.
-    store.intermediates.extend(
-        signed
-            .certificates()
-            .iter()
-            .filter(|der| der.as_slice() != signer_der)
-            .filter_map(|der| Cert::parse(der).ok()),
-    );
-    chain::validate(crypto, &signer, &store, now)?;
+    // 2. The signer certificate's chain to a pinned root (built-in and
+    // configured, prepared by `configure`). Certificates the PKCS#7 carries may
+    // serve as intermediates, never as roots.
+    let carried: Vec<Cert> = signed
+        .certificates()
+        .iter()
+        .filter(|der| der.as_slice() != signer_der)
+        .filter_map(|der| Cert::parse(der).ok())
+        .collect();
+    chain::validate_with(crypto, &signer, &config.store, &carried, now)?;
 
     // 3. The signer is an IMDS endpoint.
     let names: Vec<&String> = signer.common_names.iter().chain(&signer.dns_names).collect();

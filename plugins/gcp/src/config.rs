@@ -42,11 +42,31 @@ pub struct Config {
     pub allowed_projects: Option<Vec<String>>,
     /// Zones accepted; `None` accepts every zone.
     pub allowed_zones: Option<Vec<String>>,
-    /// Google's signing keys, supplied by the host.
-    pub keys: KeySet,
+    /// A key set written in the configuration (`jwks`), used only when the host
+    /// supplies none for the call. The host normally fetches Google's keys and
+    /// hands them over per call (they rotate, so they are never part of the
+    /// configured snapshot).
+    pub keys: Option<KeySet>,
 }
 
 impl Config {
+    /// The key set for one call: the host's (`host_keys`, JSON) if it supplied
+    /// one, else the configured `jwks`.
+    pub fn key_set(&self, host_keys: Option<&str>) -> Result<std::borrow::Cow<'_, KeySet>, VerifyError> {
+        let bad = |msg: String| VerifyError::BadConfig(format!("gcp config: {msg}"));
+        match (host_keys, &self.keys) {
+            (Some(text), _) => {
+                let value: serde_json::Value =
+                    serde_json::from_str(text).map_err(|e| bad(format!("the host's key set: {e}")))?;
+                Ok(std::borrow::Cow::Owned(KeySet::parse(&value).map_err(bad)?))
+            }
+            (None, Some(keys)) => Ok(std::borrow::Cow::Borrowed(keys)),
+            (None, None) => Err(bad(
+                "no jwks: the host supplies Google's key set (configure jwks_url or jwks_file in [gcp])".into(),
+            )),
+        }
+    }
+
     /// Parses the JSON configuration; every problem is [`VerifyError::BadConfig`].
     pub fn parse(text: &str) -> Result<Config, VerifyError> {
         let bad = |msg: String| VerifyError::BadConfig(format!("gcp config: {msg}"));
@@ -68,10 +88,7 @@ impl Config {
         };
         let allowed_projects = allow_list("allowed_projects", raw.allowed_projects)?;
         let allowed_zones = allow_list("allowed_zones", raw.allowed_zones)?;
-        let jwks = raw.jwks.ok_or_else(|| {
-            bad("no jwks: the host injects Google's key set (configure jwks_url or jwks_file in [gcp])".into())
-        })?;
-        let keys = KeySet::parse(&jwks).map_err(bad)?;
+        let keys = raw.jwks.map(|jwks| KeySet::parse(&jwks).map_err(bad)).transpose()?;
         Ok(Config {
             audience,
             skew_secs,
@@ -114,8 +131,11 @@ mod tests {
 
     #[test]
     fn refused_configs() {
+        assert!(matches!(
+            parse("{}").unwrap().key_set(None),
+            Err(VerifyError::BadConfig(_))
+        ));
         for text in [
-            "{}",
             "[]",
             "not json",
             &format!(r#"{{"jwks":{KEYS},"audiance":"x"}}"#),

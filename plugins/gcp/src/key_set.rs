@@ -13,6 +13,7 @@ pub const UNKNOWN_KID_PREFIX: &str = "unknown signing key id";
 const MAX_KEYS: usize = 64;
 
 /// The JWKS's keys, kept as JSON objects until one is needed.
+#[derive(Clone)]
 pub struct KeySet {
     keys: Vec<Map<String, Value>>,
 }

@@ -2,8 +2,9 @@
 //! (`instance/service-accounts/default/identity?audience=…&format=full`).
 //!
 //! The token's signature is checked with Google's keys, which the host fetches,
-//! caches and passes in the configuration as `jwks`; the RSA arithmetic is done
-//! by the host through the crypto import. See README.md for the configuration.
+//! caches and hands over on every call through the `host-keys` import (they
+//! rotate, so they are not part of the configured snapshot); the RSA arithmetic
+//! is done by the host through the crypto import. See README.md for the configuration.
 
 mod config;
 mod jwt_crypto;
@@ -31,9 +32,18 @@ struct Credential {
 
 impl Provider for Gcp {
     const NAME: &'static str = "gcp";
+    type Config = config::Config;
 
-    fn verify(crypto: &dyn Crypto, credential: &str, config: &str, now: i64) -> Result<Identity, VerifyError> {
-        let config = config::Config::parse(config)?;
+    fn configure(config: &str) -> Result<config::Config, VerifyError> {
+        config::Config::parse(config)
+    }
+
+    fn verify(
+        crypto: &dyn Crypto,
+        config: &config::Config,
+        credential: &str,
+        now: i64,
+    ) -> Result<Identity, VerifyError> {
         if credential.len() > MAX_TOKEN_LEN * 2 {
             return Err(VerifyError::Malformed("credential too large".into()));
         }
@@ -51,7 +61,8 @@ impl Provider for Gcp {
             )));
         }
 
-        let claims = token::verify(crypto, token, &config)?;
+        let keys = config.key_set(idgate_plugin_kit::host_keys::key_set().as_deref())?;
+        let claims = token::verify(crypto, token, config, &keys)?;
         check_times(claims.exp, claims.iat, now, config.skew_secs)?;
 
         let vm = claims.google.and_then(|g| g.compute_engine);

@@ -21,7 +21,7 @@ fn config(audience: &str) -> String {
 
 #[test]
 fn genuine_token_verifies() {
-    let id = Gcp::verify(&TestCrypto, &credential(TOKEN), &config(AUD), NOW).unwrap();
+    let id = Gcp::configure_and_verify(&TestCrypto, &credential(TOKEN), &config(AUD), NOW).unwrap();
     assert_eq!(id.instance_id, "8418160715288427941");
     assert_eq!(id.attribute("project_id"), Some("infisical-dev"));
     assert_eq!(id.attribute("zone"), Some("us-central1-a"));
@@ -34,9 +34,9 @@ fn genuine_token_verifies() {
 
 #[test]
 fn genuine_token_refused_when_expired_or_for_another_audience() {
-    let expired = Gcp::verify(&TestCrypto, &credential(TOKEN), &config(AUD), 1_780_000_000);
+    let expired = Gcp::configure_and_verify(&TestCrypto, &credential(TOKEN), &config(AUD), 1_780_000_000);
     assert!(matches!(expired, Err(VerifyError::Expired(_))), "{expired:?}");
-    let wrong_aud = Gcp::verify(&TestCrypto, &credential(TOKEN), &config("coder"), NOW);
+    let wrong_aud = Gcp::configure_and_verify(&TestCrypto, &credential(TOKEN), &config("coder"), NOW);
     match wrong_aud {
         Err(VerifyError::UntrustedSigner(m)) => assert!(m.contains(AUD) && m.contains("coder"), "{m}"),
         other => panic!("{other:?}"),
@@ -50,7 +50,7 @@ fn tampered_signature_refused() {
     let last = bytes.len() - 5;
     bytes[last] = if bytes[last] == b'A' { b'B' } else { b'A' };
     let tampered = String::from_utf8(bytes).unwrap();
-    let r = Gcp::verify(&TestCrypto, &credential(&tampered), &config(AUD), NOW);
+    let r = Gcp::configure_and_verify(&TestCrypto, &credential(&tampered), &config(AUD), NOW);
     assert!(matches!(r, Err(VerifyError::BadSignature(_))), "{r:?}");
 }
 
@@ -60,7 +60,7 @@ fn allow_lists() {
     let with = |extra: serde_json::Value| {
         let mut c = serde_json::json!({ "audience": AUD, "jwks": jwks });
         c.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
-        Gcp::verify(&TestCrypto, &credential(TOKEN), &c.to_string(), NOW)
+        Gcp::configure_and_verify(&TestCrypto, &credential(TOKEN), &c.to_string(), NOW)
     };
     assert!(
         with(serde_json::json!({"allowed_projects": ["infisical-dev"], "allowed_zones": ["us-central1-a"]})).is_ok()
@@ -92,11 +92,14 @@ fn garbage_never_panics() {
         r#"{"json_web_token": "eyJhbGciOiJSUzI1NiJ9.e30.AA"}"#,
     ];
     for input in inputs {
-        assert!(Gcp::verify(&TestCrypto, input, &cfg, NOW).is_err(), "{input}");
+        assert!(
+            Gcp::configure_and_verify(&TestCrypto, input, &cfg, NOW).is_err(),
+            "{input}"
+        );
     }
     // Truncations of the genuine token.
     let token = TOKEN.trim();
     for cut in (0..token.len()).step_by(37) {
-        assert!(Gcp::verify(&TestCrypto, &credential(&token[..cut]), &cfg, NOW).is_err());
+        assert!(Gcp::configure_and_verify(&TestCrypto, &credential(&token[..cut]), &cfg, NOW).is_err());
     }
 }

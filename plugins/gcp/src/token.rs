@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use crate::config::Config;
 use crate::jwt_crypto;
+use crate::key_set::KeySet;
 
 /// The issuers Google uses for identity tokens.
 pub const ISSUERS: [&str; 2] = ["accounts.google.com", "https://accounts.google.com"];
@@ -68,9 +69,9 @@ struct Header {
 
 /// Checks the token's algorithm, finds its key, verifies the signature and the
 /// issuer and audience; returns the claims (times not yet checked).
-pub fn verify(crypto: &dyn Crypto, token: &str, config: &Config) -> Result<Claims, VerifyError> {
+pub fn verify(crypto: &dyn Crypto, token: &str, config: &Config, keys: &KeySet) -> Result<Claims, VerifyError> {
     let kid = check_header(token)?;
-    let key = config.keys.rsa_key(&kid)?;
+    let key = keys.rsa_key(&kid)?;
 
     let mut validation = Validation::new(Algorithm::RS256);
     // The plugin has no clock: exp and iat are checked against the host's `now`.

@@ -1,14 +1,33 @@
 //! The WebAssembly side: generated bindings and the adapter from [`Provider`] to
-//! the exported `verify-identity` interface.
+//! the exported `verify-identity` interface (contract 0.2.0, or 0.1.0 with the
+//! `contract-0-1` feature).
+
+use std::sync::OnceLock;
 
 use crate::{Crypto, DigestAlgorithm, Identity, Provider, SignatureAlgorithm, VerifyError};
 
+#[cfg(not(feature = "contract-0-1"))]
+wit_bindgen::generate!({
+    world: "provider",
+    path: "../../wit/0.2.0",
+    pub_export_macro: true,
+    default_bindings_module: "idgate_plugin_kit::component",
+});
+
+#[cfg(feature = "contract-0-1")]
 wit_bindgen::generate!({
     world: "provider",
     path: "../../wit/0.1.0",
     pub_export_macro: true,
     default_bindings_module: "idgate_plugin_kit::component",
 });
+
+/// Where a provider's configured state lives between `configure` and `verify`
+/// (a static per provider, declared by [`crate::export_provider!`]).
+pub trait Configured: Provider {
+    /// The provider's slot.
+    fn configured() -> &'static OnceLock<Self::Config>;
+}
 
 use exports::idgate::identity::verify_identity::Guest;
 use idgate::identity::crypto as host;
@@ -49,34 +68,80 @@ impl Crypto for HostCrypto {
     }
 }
 
-impl<P: Provider> Guest for P {
+fn to_wit(e: VerifyError) -> wit::VerifyError {
+    match e {
+        VerifyError::Malformed(s) => wit::VerifyError::Malformed(s),
+        VerifyError::BadSignature(s) => wit::VerifyError::BadSignature(s),
+        VerifyError::UntrustedSigner(s) => wit::VerifyError::UntrustedSigner(s),
+        VerifyError::Expired(s) => wit::VerifyError::Expired(s),
+        VerifyError::Refused(s) => wit::VerifyError::Refused(s),
+        VerifyError::BadConfig(s) => wit::VerifyError::BadConfig(s),
+    }
+}
+
+fn to_wit_identity(id: Identity) -> wit::Identity {
+    wit::Identity {
+        instance_id: id.instance_id,
+        attributes: id.attributes,
+    }
+}
+
+/// The default hook writes to stderr, which the sandbox does not link: keep a
+/// panic a plain trap.
+fn quiet_panics() {
+    std::panic::set_hook(Box::new(|_| {}));
+}
+
+fn info<P: Provider>() -> wit::ProviderInfo {
+    wit::ProviderInfo {
+        name: P::NAME.to_string(),
+        contract: crate::CONTRACT_VERSION.to_string(),
+    }
+}
+
+#[cfg(not(feature = "contract-0-1"))]
+impl<P: Configured> Guest for P {
     fn info() -> wit::ProviderInfo {
-        wit::ProviderInfo {
-            name: P::NAME.to_string(),
-            contract: crate::CONTRACT_VERSION.to_string(),
+        info::<P>()
+    }
+
+    fn configure(config: String) -> Result<(), wit::VerifyError> {
+        quiet_panics();
+        let slot = P::configured();
+        if slot.get().is_some() {
+            return Err(wit::VerifyError::BadConfig(
+                "configure was already called on this instance".into(),
+            ));
         }
+        let prepared = P::configure(&config).map_err(to_wit)?;
+        let _ = slot.set(prepared);
+        Ok(())
+    }
+
+    fn verify(credential: String, now: i64) -> Result<wit::Identity, wit::VerifyError> {
+        quiet_panics();
+        let config = P::configured().get().ok_or_else(|| {
+            wit::VerifyError::BadConfig("verify was called before configure: the host must configure the plugin".into())
+        })?;
+        P::verify(&HostCrypto, config, &credential, now)
+            .map(to_wit_identity)
+            .map_err(to_wit)
+    }
+}
+
+/// Contract 0.1.0: the configuration comes with every call, so each call
+/// configures and then verifies.
+#[cfg(feature = "contract-0-1")]
+impl<P: Configured> Guest for P {
+    fn info() -> wit::ProviderInfo {
+        info::<P>()
     }
 
     fn verify(credential: String, config: String, now: i64) -> Result<wit::Identity, wit::VerifyError> {
-        // The default hook writes to stderr, which the sandbox does not link: keep
-        // a panic a plain trap.
-        std::panic::set_hook(Box::new(|_| {}));
-        match P::verify(&HostCrypto, &credential, &config, now) {
-            Ok(Identity {
-                instance_id,
-                attributes,
-            }) => Ok(wit::Identity {
-                instance_id,
-                attributes,
-            }),
-            Err(e) => Err(match e {
-                VerifyError::Malformed(s) => wit::VerifyError::Malformed(s),
-                VerifyError::BadSignature(s) => wit::VerifyError::BadSignature(s),
-                VerifyError::UntrustedSigner(s) => wit::VerifyError::UntrustedSigner(s),
-                VerifyError::Expired(s) => wit::VerifyError::Expired(s),
-                VerifyError::Refused(s) => wit::VerifyError::Refused(s),
-                VerifyError::BadConfig(s) => wit::VerifyError::BadConfig(s),
-            }),
-        }
+        quiet_panics();
+        let config = P::configure(&config).map_err(to_wit)?;
+        P::verify(&HostCrypto, &config, &credential, now)
+            .map(to_wit_identity)
+            .map_err(to_wit)
     }
 }

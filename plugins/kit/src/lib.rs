@@ -1,14 +1,19 @@
-//! The plugin side of idgate's contract (`wit/0.1.0/identity.wit`).
+//! The plugin side of idgate's contract (`wit/0.2.0/identity.wit`).
 //!
 //! A provider plugin implements [`Provider`] with ordinary Rust types and calls
 //! [`export_provider!`]; this crate owns the generated WebAssembly bindings, the
 //! conversion to and from the contract's types, and the small helpers every
 //! verifier needs (PEM, base64, time). Because the verifier logic only sees the
-//! [`Crypto`] trait, the same code also runs natively (the host's benchmarks
-//! compare the two).
+//! [`Crypto`] trait (and [`host_keys`]), the same code also runs natively (the
+//! host's benchmarks compare the two).
+//!
+//! The `contract-0-1` feature builds the same provider against the previous
+//! contract (`wit/0.1.0`, configuration passed to every `verify`), so the host's
+//! support for 0.1.0 plugins can be tested with a real plugin.
 
 pub mod ber;
 pub mod encoding;
+pub mod host_keys;
 pub mod pem;
 pub mod signed_data;
 pub mod time;
@@ -20,7 +25,11 @@ pub mod test_crypto;
 pub mod component;
 
 /// The contract version this crate implements (the WIT package version).
-pub const CONTRACT_VERSION: &str = "0.1.0";
+pub const CONTRACT_VERSION: &str = if cfg!(feature = "contract-0-1") {
+    "0.1.0"
+} else {
+    "0.2.0"
+};
 
 /// What a plugin proved about the machine that sent the credential.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -157,12 +166,35 @@ pub trait Crypto {
 
 /// A cloud's verifier. Implement it on a unit struct and export it with
 /// [`export_provider!`].
+///
+/// The host calls [`Provider::configure`] once and snapshots the result, so
+/// everything that does not depend on the credential belongs there; then every
+/// credential is checked by [`Provider::verify`] in a fresh copy of that state.
 pub trait Provider {
     /// The provider name the host routes by (`aws`, `azure`, `gcp`, ...).
     const NAME: &'static str;
 
+    /// What `configure` prepares from the operator's configuration: parsed
+    /// certificates, key tables, allow-lists.
+    type Config: Send + Sync + 'static;
+
+    /// Validates the provider block (JSON; `{}` or empty means defaults) and
+    /// prepares it. Every problem is [`VerifyError::BadConfig`] naming the key.
+    fn configure(config: &str) -> Result<Self::Config, VerifyError>;
+
     /// Verifies one credential; see `verify` in the WIT for the arguments.
-    fn verify(crypto: &dyn Crypto, credential: &str, config: &str, now: i64) -> Result<Identity, VerifyError>;
+    fn verify(crypto: &dyn Crypto, config: &Self::Config, credential: &str, now: i64) -> Result<Identity, VerifyError>;
+
+    /// Configures and verifies in one step, as a 0.1.0 plugin did on every call
+    /// (unit tests, and the benchmarks' configure-per-call comparison).
+    fn configure_and_verify(
+        crypto: &dyn Crypto,
+        credential: &str,
+        config: &str,
+        now: i64,
+    ) -> Result<Identity, VerifyError> {
+        Self::verify(crypto, &Self::configure(config)?, credential, now)
+    }
 }
 
 /// Exports a [`Provider`] as the component's `verify-identity` implementation.
@@ -171,6 +203,16 @@ pub trait Provider {
 #[macro_export]
 macro_rules! export_provider {
     ($ty:ident) => {
+        // Where `configure` leaves its result; the host's snapshot captures it.
+        #[cfg(target_arch = "wasm32")]
+        const _: () = {
+            static CONFIGURED: ::std::sync::OnceLock<<$ty as $crate::Provider>::Config> = ::std::sync::OnceLock::new();
+            impl $crate::component::Configured for $ty {
+                fn configured() -> &'static ::std::sync::OnceLock<<$ty as $crate::Provider>::Config> {
+                    &CONFIGURED
+                }
+            }
+        };
         #[cfg(target_arch = "wasm32")]
         $crate::component::export!($ty with_types_in $crate::component);
     };

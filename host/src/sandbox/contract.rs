@@ -1,0 +1,91 @@
+//! The contract versions this host speaks, one generated binding each, and the
+//! host side of their imports (`crypto`, and since 0.2.0 `host-keys`).
+//!
+//! A new contract adds a `since_vX_Y_Z` module here; released ones stay, so
+//! plugins built against them keep loading.
+
+use idgate_plugin_kit::{Crypto, DigestAlgorithm, SignatureAlgorithm, VerifyError};
+
+use crate::crypto::NativeCrypto;
+
+use super::CallState;
+
+/// `idgate:identity@0.1.0`: the configuration goes with every `verify`.
+pub mod since_v0_1_0 {
+    wasmtime::component::bindgen!({ world: "provider", path: "../wit/0.1.0" });
+}
+
+/// `idgate:identity@0.2.0`: `configure` once (snapshotted), then `verify`.
+pub mod since_v0_2_0 {
+    wasmtime::component::bindgen!({ world: "provider", path: "../wit/0.2.0" });
+}
+
+/// Contract versions this host can load.
+pub const SUPPORTED_CONTRACTS: &[&str] = &["0.1.0", "0.2.0"];
+
+/// Implements one contract version's `types` and `crypto` host traits, and the
+/// conversion of its `verify-error`, on the same native crypto.
+macro_rules! speak {
+    ($m:ident) => {
+        impl $m::idgate::identity::types::Host for CallState {}
+
+        impl $m::idgate::identity::crypto::Host for CallState {
+            fn verify_signature(
+                &mut self,
+                algorithm: $m::idgate::identity::crypto::SignatureAlgorithm,
+                spki_der: Vec<u8>,
+                message: Vec<u8>,
+                signature: Vec<u8>,
+            ) -> Result<bool, String> {
+                use $m::idgate::identity::crypto::SignatureAlgorithm as W;
+                use SignatureAlgorithm as A;
+                let algorithm = match algorithm {
+                    W::RsaPkcs1Sha256 => A::RsaPkcs1Sha256,
+                    W::RsaPkcs1Sha384 => A::RsaPkcs1Sha384,
+                    W::RsaPkcs1Sha512 => A::RsaPkcs1Sha512,
+                    W::RsaPkcs1Sha1 => A::RsaPkcs1Sha1,
+                    W::Rsa1024Pkcs1Sha256 => A::Rsa1024Pkcs1Sha256,
+                    W::DsaSha1 => A::DsaSha1,
+                    W::EcdsaP256Sha256 => A::EcdsaP256Sha256,
+                    W::EcdsaP384Sha384 => A::EcdsaP384Sha384,
+                };
+                NativeCrypto.verify_signature(algorithm, &spki_der, &message, &signature)
+            }
+
+            fn digest(&mut self, algorithm: $m::idgate::identity::crypto::DigestAlgorithm, data: Vec<u8>) -> Vec<u8> {
+                use $m::idgate::identity::crypto::DigestAlgorithm as W;
+                use DigestAlgorithm as A;
+                let algorithm = match algorithm {
+                    W::Sha1 => A::Sha1,
+                    W::Sha256 => A::Sha256,
+                    W::Sha384 => A::Sha384,
+                    W::Sha512 => A::Sha512,
+                };
+                NativeCrypto.digest(algorithm, &data)
+            }
+        }
+
+        impl From<$m::idgate::identity::types::VerifyError> for VerifyError {
+            fn from(e: $m::idgate::identity::types::VerifyError) -> VerifyError {
+                use $m::idgate::identity::types::VerifyError as W;
+                match e {
+                    W::Malformed(s) => VerifyError::Malformed(s),
+                    W::BadSignature(s) => VerifyError::BadSignature(s),
+                    W::UntrustedSigner(s) => VerifyError::UntrustedSigner(s),
+                    W::Expired(s) => VerifyError::Expired(s),
+                    W::Refused(s) => VerifyError::Refused(s),
+                    W::BadConfig(s) => VerifyError::BadConfig(s),
+                }
+            }
+        }
+    };
+}
+
+speak!(since_v0_1_0);
+speak!(since_v0_2_0);
+
+impl since_v0_2_0::idgate::identity::host_keys::Host for CallState {
+    fn key_set(&mut self) -> Option<String> {
+        self.key_set.clone()
+    }
+}

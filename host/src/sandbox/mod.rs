@@ -1,0 +1,830 @@
+//! All wasmtime set-up: loading provider plugins, configuring them once into a
+//! snapshot, and running every call contained.
+//!
+//! Invariants:
+//! - A plugin's only imports that do anything are `crypto`, `host-keys` (0.2.0)
+//!   and `wasi:random` (std seeds hash maps from it). Every other import —
+//!   filesystem, environment, stdio, clocks, sockets — is linked as a trap, so a
+//!   plugin cannot reach the machine or learn the time except through its
+//!   arguments.
+//! - A 0.2.0 plugin is configured once per configuration ([`Sandbox::configure`]):
+//!   `configure` runs in an instance whose state is then snapshotted into the
+//!   image every call starts from (`snapshot.rs` says what a snapshot may hold).
+//! - Every call runs in a fresh `Store` and instance made from that image:
+//!   nothing from one request reaches the next, and a trapped instance is never
+//!   reused.
+//! - Every call — `configure` included — has a memory cap and a CPU deadline
+//!   (epoch interruption); a trap, a deadline or a memory failure is an error for
+//!   that call only.
+//! - Compiled code is cached on disk: a plugin by the content hash of its
+//!   `.wasm` and the engine's compatibility hash, a configured snapshot by those
+//!   and the hash of the configuration.
+
+mod contract;
+mod snapshot;
+
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use idgate_plugin_kit::{Identity, VerifyError};
+use wasmtime::component::{Component, HasSelf, InstancePre, Linker};
+use wasmtime::{Config, Engine, Store, Trap};
+
+use crate::file_trust;
+use crate::pins::PluginPins;
+pub use contract::SUPPORTED_CONTRACTS;
+use contract::{since_v0_1_0, since_v0_2_0};
+
+/// How often the epoch ticker advances; the CPU deadline is counted in ticks.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Per-call resource limits and how calls are run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Linear memory a plugin instance may grow to, in bytes.
+    pub memory_bytes: usize,
+    /// Wall-clock CPU budget of one call (rounded up to 10 ms ticks).
+    pub deadline: Duration,
+    /// Calls allowed to run at once (they are CPU-bound; near the core count).
+    pub max_concurrent: usize,
+    /// Take instance memory from wasmtime's pooling allocator (pre-reserved
+    /// slots, reset between calls) instead of mapping it per call. Each call
+    /// still gets a fresh instance; this only changes where its memory comes from.
+    pub pooling: bool,
+    /// Run [`Sandbox::verify_async`]'s call on the async task's own thread,
+    /// under its permit, instead of handing it to tokio's blocking pool.
+    pub inline_calls: bool,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory_bytes: 64 << 20,
+            deadline: Duration::from_millis(500),
+            max_concurrent: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            // Why on: a fresh instance per call means a linear memory per call.
+            // On demand, each call mmaps it, faults its pages in and munmaps it
+            // again, and munmap shoots down TLBs on every core: ~25 % of server
+            // CPU in the profile (notes/profile.md). The pool keeps slots mapped
+            // and resets them (with `memory_init_cow`, by re-mapping the image),
+            // and `sandbox-costs` measures it faster per call as well.
+            pooling: true,
+            // Why inline: the hand-off to the blocking pool and back costs two
+            // context switches per call (~14 % of server CPU in the profile),
+            // more than a whole trivial call. A call is CPU-bound and bounded by
+            // its deadline, and at most `max_concurrent` (≤ cores) run at once,
+            // so the async workers are never all parked on plugin calls for long.
+            inline_calls: true,
+        }
+    }
+}
+
+/// What the host knows about a loaded plugin.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PluginInfo {
+    /// Provider name the plugin serves.
+    pub provider: String,
+    /// Contract version the plugin speaks.
+    pub contract: String,
+    /// SHA-256 of the `.wasm` file, hex.
+    pub sha256: String,
+    /// Where it was loaded from.
+    pub path: PathBuf,
+    /// Whether the compiled artifact came from the cache.
+    pub cached: bool,
+}
+
+/// Why a plugin call did not produce an identity.
+#[derive(Debug)]
+pub enum CallError {
+    /// No plugin serves this provider.
+    NotLoaded(String),
+    /// The plugin refused the credential.
+    Rejected(VerifyError),
+    /// The plugin trapped, hit its deadline or its memory cap.
+    Fault {
+        /// The provider whose plugin failed.
+        provider: String,
+        /// What happened, for logs and the 500's detail.
+        message: String,
+        /// Which limit, if a limit was the cause.
+        kind: FaultKind,
+    },
+}
+
+/// The cause of a [`CallError::Fault`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultKind {
+    /// The CPU deadline passed.
+    Deadline,
+    /// The memory cap was hit.
+    Memory,
+    /// Any other trap (panic, abort, a forbidden import).
+    Trap,
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallError::NotLoaded(p) => write!(f, "no plugin is loaded for provider {p:?}"),
+            CallError::Rejected(e) => write!(f, "{e}"),
+            CallError::Fault { provider, message, .. } => write!(f, "the {provider} plugin failed: {message}"),
+        }
+    }
+}
+
+impl std::error::Error for CallError {}
+
+/// A loaded plugin, linked for the contract it speaks.
+enum Linked {
+    V0_1(since_v0_1_0::ProviderPre<CallState>),
+    V0_2(since_v0_2_0::ProviderPre<CallState>),
+}
+
+struct Plugin {
+    info: PluginInfo,
+    /// The `.wasm` as loaded: configuring instruments and snapshots these bytes.
+    wasm: Arc<[u8]>,
+    linked: Linked,
+}
+
+/// A plugin configured for serving: the image each call's fresh instance
+/// starts from. Cheap to clone; build a new one when the configuration changes.
+#[derive(Clone)]
+pub struct Configured(Arc<ConfiguredPlugin>);
+
+struct ConfiguredPlugin {
+    provider: String,
+    image: Image,
+    cached: bool,
+}
+
+enum Image {
+    /// 0.2.0: the snapshot taken after `configure`.
+    Snapshot(since_v0_2_0::ProviderPre<CallState>),
+    /// 0.1.0: no configure step; the block goes with every call.
+    PerCall {
+        pre: since_v0_1_0::ProviderPre<CallState>,
+        config: serde_json::Value,
+    },
+}
+
+impl Configured {
+    /// The provider this configured plugin serves.
+    pub fn provider(&self) -> &str {
+        &self.0.provider
+    }
+
+    /// Whether the configured snapshot's compiled code came from the cache.
+    pub fn cached(&self) -> bool {
+        self.0.cached
+    }
+}
+
+impl std::fmt::Debug for Configured {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Configured")
+            .field("provider", &self.0.provider)
+            .field("cached", &self.0.cached)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The loaded plugins and the engine that runs them.
+pub struct Sandbox {
+    engine: Engine,
+    plugins: BTreeMap<String, Plugin>,
+    limits: Limits,
+    cache_dir: Option<PathBuf>,
+    permits: Arc<tokio::sync::Semaphore>,
+    _ticker: Ticker,
+}
+
+/// Per-call state: the limiter, and the key set `host-keys` answers with.
+struct CallState {
+    limiter: MemoryLimiter,
+    key_set: Option<String>,
+}
+
+/// Caps linear memory and remembers whether the cap was hit, so the host can say
+/// "memory" rather than a bare trap.
+struct MemoryLimiter {
+    max_bytes: usize,
+    hit: bool,
+}
+
+impl wasmtime::ResourceLimiter for MemoryLimiter {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.max_bytes {
+            self.hit = true;
+            wasmtime::bail!("memory limit of {} MiB exceeded", self.max_bytes >> 20);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] until dropped.
+struct Ticker {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Ticker {
+    fn start(engine: Engine) -> Ticker {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        std::thread::Builder::new()
+            .name("idgate-epoch".into())
+            .spawn(move || {
+                while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    engine.increment_epoch();
+                }
+            })
+            .expect("spawn epoch ticker thread");
+        Ticker { stop }
+    }
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Sandbox {
+    /// Loads every `*.wasm` in `dir` without digest pins (see [`Sandbox::load_pinned`]).
+    pub fn load(dir: &Path, cache_dir: Option<&Path>, limits: Limits) -> anyhow::Result<Sandbox> {
+        Self::load_pinned(dir, cache_dir, limits, &PluginPins::default())
+    }
+
+    /// Loads every `*.wasm` in `dir`. With `cache_dir`, compiled artifacts are
+    /// reused across restarts. Fails, naming the file, if any plugin cannot be
+    /// loaded, speaks an unsupported contract, or duplicates a provider; if a
+    /// directory or file is not trusted ([`file_trust`]); and, with any pin
+    /// configured, if a plugin's SHA-256 is not the one pinned for its provider.
+    /// Plugins are configured afterwards, with [`Sandbox::configure`].
+    pub fn load_pinned(
+        dir: &Path,
+        cache_dir: Option<&Path>,
+        limits: Limits,
+        pins: &PluginPins,
+    ) -> anyhow::Result<Sandbox> {
+        file_trust::check_dir(dir, "plugin directory")?;
+        let engine = new_engine(&limits)?;
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .with_context(|| format!("reading plugin directory {}", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "wasm") && p.is_file())
+            .collect();
+        files.sort();
+        if let Some(cache) = cache_dir {
+            file_trust::create_private_dir(cache)?;
+            file_trust::check_dir(cache, "compiled-plugin cache directory")?;
+        }
+        let mut sandbox = Sandbox {
+            plugins: BTreeMap::new(),
+            limits,
+            cache_dir: cache_dir.map(Path::to_path_buf),
+            permits: Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent.max(1))),
+            _ticker: Ticker::start(engine.clone()),
+            engine,
+        };
+        for path in files {
+            let plugin = sandbox
+                .load_one(&path, cache_dir, pins)
+                .with_context(|| format!("loading plugin {}", path.display()))?;
+            if let Some(other) = sandbox.plugins.get(&plugin.info.provider) {
+                bail!(
+                    "plugins {} and {} both serve provider {:?}",
+                    other.info.path.display(),
+                    path.display(),
+                    plugin.info.provider
+                );
+            }
+            sandbox.plugins.insert(plugin.info.provider.clone(), plugin);
+        }
+        Ok(sandbox)
+    }
+
+    fn load_one(&self, path: &Path, cache_dir: Option<&Path>, pins: &PluginPins) -> anyhow::Result<Plugin> {
+        file_trust::check_file(path, "plugin")?;
+        let bytes = std::fs::read(path)?;
+        let sha256 = hex(ring::digest::digest(&ring::digest::SHA256, &bytes).as_ref());
+        pins.check_file(path, &sha256)?;
+        let (component, cached) = self.compile_cached(&bytes, &sha256, cache_dir)?;
+
+        // The contract is recognised by the exports: try the newest first.
+        let pre = self.instance_pre(&component)?;
+        let (linked, info, expected) = if let Ok(pre) = since_v0_2_0::ProviderPre::new(pre.clone()) {
+            let info = self
+                .call("(loading)", None, |store| {
+                    pre.instantiate(&mut *store)?
+                        .idgate_identity_verify_identity()
+                        .call_info(store)
+                })
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            (Linked::V0_2(pre), (info.name, info.contract), "0.2.0")
+        } else {
+            let pre = since_v0_1_0::ProviderPre::new(pre).map_err(|e| {
+                anyhow::anyhow!(
+                    "the component does not export a supported contract (this host speaks {SUPPORTED_CONTRACTS:?}): {e}"
+                )
+            })?;
+            let info = self
+                .call("(loading)", None, |store| {
+                    pre.instantiate(&mut *store)?
+                        .idgate_identity_verify_identity()
+                        .call_info(store)
+                })
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            (Linked::V0_1(pre), (info.name, info.contract), "0.1.0")
+        };
+        let (name, contract) = info;
+        pins.check_provider(path, &name, &sha256)?;
+        if contract != expected {
+            bail!("the plugin says it speaks contract {contract}, but it exports contract {expected}");
+        }
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            bail!("provider name {name:?} must be lower-case letters, digits and '-'");
+        }
+        Ok(Plugin {
+            info: PluginInfo {
+                provider: name,
+                contract,
+                sha256,
+                path: path.to_path_buf(),
+                cached,
+            },
+            wasm: bytes.into(),
+            linked,
+        })
+    }
+
+    /// Links `component` with exactly the imports it declares: the contract's
+    /// host functions (both versions are offered; a component only picks up
+    /// those it imports), `wasi:random`, and a trap for every other import.
+    ///
+    /// Why an `InstancePre`: import resolution and type checks happen here,
+    /// once; each call's instantiation only walks the already-resolved list.
+    /// Why traps only for what the component imports: the stubs cost nothing
+    /// per call beyond that list, and a component importing only `crypto` and
+    /// `wasi:random` gets no stubs at all.
+    fn instance_pre(&self, component: &Component) -> anyhow::Result<InstancePre<CallState>> {
+        let mut linker: Linker<CallState> = Linker::new(&self.engine);
+        since_v0_1_0::Provider::add_to_linker::<CallState, HasSelf<CallState>>(&mut linker, |s| s)?;
+        since_v0_2_0::Provider::add_to_linker::<CallState, HasSelf<CallState>>(&mut linker, |s| s)?;
+        link_random(&mut linker, component, &self.engine)?;
+        linker.define_unknown_imports_as_traps(component)?;
+        Ok(linker.instantiate_pre(component)?)
+    }
+
+    fn compile_cached(
+        &self,
+        bytes: &[u8],
+        sha256: &str,
+        cache_dir: Option<&Path>,
+    ) -> anyhow::Result<(Component, bool)> {
+        let Some(cache_dir) = cache_dir else {
+            return Ok((Component::new(&self.engine, bytes)?, false));
+        };
+        let file = cache_dir.join(format!("{sha256}-{:016x}.cwasm", self.engine_hash()));
+        if let Some(component) = self.cached_component(&file) {
+            return Ok((component, true));
+        }
+        let component = Component::new(&self.engine, bytes)?;
+        self.store_cached(&component, &file);
+        Ok((component, false))
+    }
+
+    /// The engine's compatibility hash: compiled code is only reused by an
+    /// engine that would have produced it.
+    fn engine_hash(&self) -> u64 {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.engine.precompile_compatibility_hash().hash(&mut h);
+        h.finish()
+    }
+
+    fn cached_component(&self, file: &Path) -> Option<Component> {
+        if !file.is_file() {
+            return None;
+        }
+        if let Err(e) = file_trust::check_file(file, "compiled-plugin cache entry") {
+            tracing::warn!(error = %format!("{e:#}"), "ignoring untrusted compiled-plugin cache entry; recompiling");
+            return None;
+        }
+        // SAFETY: deserializing runs the entry's native code. It is trusted because
+        // only idgate's user (or root) can have written it: the file and every
+        // directory above it passed the ownership and mode check just now. Its name
+        // binds it to the source's content hash (and configuration) and the engine's
+        // compatibility hash; wasmtime checks the header and version before use.
+        match unsafe { Component::deserialize_file(&self.engine, file) } {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(file = %file.display(), error = %e, "ignoring unusable compiled-plugin cache entry");
+                None
+            }
+        }
+    }
+
+    fn store_cached(&self, component: &Component, file: &Path) {
+        if let Err(e) = component
+            .serialize()
+            .map_err(anyhow::Error::from)
+            .and_then(|s| file_trust::write_private(file, &s))
+        {
+            tracing::warn!(file = %file.display(), error = %format!("{e:#}"), "could not write compiled-plugin cache entry");
+        }
+    }
+
+    /// Configures `provider`'s plugin with its provider block and returns the
+    /// image its calls start from. For a 0.2.0 plugin this runs `configure` once
+    /// and snapshots the result (cached on disk by plugin, configuration and
+    /// engine); a configuration the plugin refuses is an error naming the plugin
+    /// and the plugin's reason (which names the key). A 0.1.0 plugin has no
+    /// configure step: its block is kept and sent with every call.
+    pub fn configure(&self, provider: &str, config: &serde_json::Value) -> anyhow::Result<Configured> {
+        let plugin = self
+            .plugins
+            .get(provider)
+            .ok_or_else(|| anyhow::anyhow!("no plugin is loaded for provider {provider:?}"))?;
+        let (image, cached) = match &plugin.linked {
+            Linked::V0_1(pre) => (
+                Image::PerCall {
+                    pre: pre.clone(),
+                    config: config.clone(),
+                },
+                plugin.info.cached,
+            ),
+            Linked::V0_2(_) => {
+                let (component, cached) = self
+                    .configured_component(plugin, &config.to_string())
+                    .with_context(|| format!("configuring the {provider} plugin ({})", plugin.info.path.display()))?;
+                let pre = since_v0_2_0::ProviderPre::new(self.instance_pre(&component)?)?;
+                (Image::Snapshot(pre), cached)
+            }
+        };
+        Ok(Configured(Arc::new(ConfiguredPlugin {
+            provider: provider.to_string(),
+            image,
+            cached,
+        })))
+    }
+
+    /// The compiled snapshot of `plugin` configured with `config`, from the
+    /// cache or made now.
+    fn configured_component(&self, plugin: &Plugin, config: &str) -> anyhow::Result<(Component, bool)> {
+        let config_sha = hex(ring::digest::digest(&ring::digest::SHA256, config.as_bytes()).as_ref());
+        let file = self.cache_dir.as_ref().map(|dir| {
+            dir.join(format!(
+                "{}-configured-{}-{:016x}.cwasm",
+                plugin.info.sha256,
+                &config_sha[..32],
+                self.engine_hash()
+            ))
+        });
+        if let Some(component) = file.as_deref().and_then(|f| self.cached_component(f)) {
+            return Ok((component, true));
+        }
+        let instrumented = snapshot::instrument(&plugin.wasm)?;
+        let instrumented_sha = hex(ring::digest::digest(&ring::digest::SHA256, &instrumented.wasm).as_ref());
+        let (component, _) = self.compile_cached(&instrumented.wasm, &instrumented_sha, self.cache_dir.as_deref())?;
+        let pre = self.instance_pre(&component)?;
+        let provider = plugin.info.provider.as_str();
+        let mut store = self.new_store(None);
+        let instance = pre.instantiate(&mut store)?;
+        let outcome = self.guard(&mut store, provider, Instant::now(), |store| {
+            since_v0_2_0::Provider::new(&mut *store, &instance)?
+                .idgate_identity_verify_identity()
+                .call_configure(store, config)
+        });
+        match outcome {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => bail!(
+                "the {provider} plugin refused its configuration: {}",
+                VerifyError::from(e)
+            ),
+            Err(e) => bail!("{e} while configuring"),
+        }
+        let configured = instrumented.snapshot(&mut store, instance)?;
+        let component = Component::new(&self.engine, &configured)?;
+        if let Some(file) = &file {
+            self.store_cached(&component, file);
+        }
+        Ok((component, false))
+    }
+
+    /// The loaded plugins, by provider name.
+    pub fn plugins(&self) -> Vec<PluginInfo> {
+        self.plugins.values().map(|p| p.info.clone()).collect()
+    }
+
+    /// Whether a plugin serves `provider`.
+    pub fn has(&self, provider: &str) -> bool {
+        self.plugins.contains_key(provider)
+    }
+
+    /// The limits every call runs under.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Verifies `credential` with a configured plugin at time `now` (Unix
+    /// seconds), in a fresh instance of its image; `key_set` is what the
+    /// plugin's `host-keys` import answers (Google's keys for `gcp`). Blocks the
+    /// thread for the plugin's run time.
+    pub fn verify(
+        &self,
+        plugin: &Configured,
+        credential: &str,
+        key_set: Option<&str>,
+        now: i64,
+    ) -> Result<Identity, CallError> {
+        let provider = plugin.provider();
+        let result = match &plugin.0.image {
+            Image::Snapshot(pre) => self
+                .call(provider, key_set, |store| {
+                    pre.instantiate(&mut *store)?
+                        .idgate_identity_verify_identity()
+                        .call_verify(store, credential, now)
+                })?
+                .map(|id| (id.instance_id, id.attributes))
+                .map_err(VerifyError::from),
+            Image::PerCall { pre, config } => {
+                let config = with_key_set(config, key_set);
+                self.call(provider, None, |store| {
+                    pre.instantiate(&mut *store)?
+                        .idgate_identity_verify_identity()
+                        .call_verify(store, credential, &config, now)
+                })?
+                .map(|id| (id.instance_id, id.attributes))
+                .map_err(VerifyError::from)
+            }
+        };
+        identity(result)
+    }
+
+    /// Configures a fresh instance of `provider`'s plugin with `config` and
+    /// verifies `credential` in that same instance: what every call cost before
+    /// snapshots (and what a 0.1.0 plugin does anyway). For tests that try many
+    /// configurations, and the benchmarks' comparison; serving uses
+    /// [`Sandbox::configure`] and [`Sandbox::verify`].
+    pub fn verify_configuring(
+        &self,
+        provider: &str,
+        credential: &str,
+        config: &str,
+        key_set: Option<&str>,
+        now: i64,
+    ) -> Result<Identity, CallError> {
+        let plugin = self
+            .plugins
+            .get(provider)
+            .ok_or_else(|| CallError::NotLoaded(provider.to_string()))?;
+        let result = match &plugin.linked {
+            Linked::V0_2(pre) => self
+                .call(provider, key_set, |store| {
+                    let instance = pre.instantiate(&mut *store)?;
+                    let exports = instance.idgate_identity_verify_identity();
+                    Ok(match exports.call_configure(&mut *store, config)? {
+                        Ok(()) => exports.call_verify(store, credential, now)?,
+                        Err(e) => Err(e),
+                    })
+                })?
+                .map(|id| (id.instance_id, id.attributes))
+                .map_err(VerifyError::from),
+            Linked::V0_1(pre) => {
+                let config = match (key_set, serde_json::from_str::<serde_json::Value>(config)) {
+                    (Some(_), Ok(value)) => with_key_set(&value, key_set),
+                    _ => config.to_string(),
+                };
+                self.call(provider, None, |store| {
+                    pre.instantiate(&mut *store)?
+                        .idgate_identity_verify_identity()
+                        .call_verify(store, credential, &config, now)
+                })?
+                .map(|id| (id.instance_id, id.attributes))
+                .map_err(VerifyError::from)
+            }
+        };
+        identity(result)
+    }
+
+    /// [`Sandbox::verify`] with at most [`Limits::max_concurrent`] calls running
+    /// at once: on this task's thread ([`Limits::inline_calls`]) or on a
+    /// blocking thread.
+    pub async fn verify_async(
+        self: &Arc<Self>,
+        plugin: &Configured,
+        credential: String,
+        key_set: Option<String>,
+        now: i64,
+    ) -> Result<Identity, CallError> {
+        let _permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("semaphore never closed");
+        if self.limits.inline_calls {
+            return self.verify(plugin, &credential, key_set.as_deref(), now);
+        }
+        let this = self.clone();
+        let configured = plugin.clone();
+        tokio::task::spawn_blocking(move || this.verify(&configured, &credential, key_set.as_deref(), now))
+            .await
+            .unwrap_or_else(|e| {
+                Err(CallError::Fault {
+                    provider: plugin.provider().to_string(),
+                    message: format!("verification task failed: {e}"),
+                    kind: FaultKind::Trap,
+                })
+            })
+    }
+
+    /// A fresh store under the limits: memory cap, CPU deadline, and the key set
+    /// `host-keys` answers with.
+    fn new_store(&self, key_set: Option<&str>) -> Store<CallState> {
+        let mut store = Store::new(
+            &self.engine,
+            CallState {
+                limiter: MemoryLimiter {
+                    max_bytes: self.limits.memory_bytes,
+                    hit: false,
+                },
+                key_set: key_set.map(str::to_string),
+            },
+        );
+        store.limiter(|s| &mut s.limiter);
+        let ticks = self.limits.deadline.as_millis().div_ceil(EPOCH_TICK.as_millis()).max(1) as u64;
+        store.set_epoch_deadline(ticks);
+        store.epoch_deadline_trap();
+        store
+    }
+
+    /// Runs `f` (which instantiates and calls) in a fresh store under the limits.
+    fn call<R>(
+        &self,
+        provider: &str,
+        key_set: Option<&str>,
+        f: impl FnOnce(&mut Store<CallState>) -> wasmtime::Result<R>,
+    ) -> Result<R, CallError> {
+        let mut store = self.new_store(key_set);
+        self.guard(&mut store, provider, Instant::now(), f)
+    }
+
+    /// Runs `f` on `store`, turning a trap, deadline or memory failure into a
+    /// [`CallError::Fault`] naming `provider`.
+    fn guard<R>(
+        &self,
+        store: &mut Store<CallState>,
+        provider: &str,
+        started: Instant,
+        f: impl FnOnce(&mut Store<CallState>) -> wasmtime::Result<R>,
+    ) -> Result<R, CallError> {
+        f(store).map_err(|e| {
+            let kind = if store.data().limiter.hit {
+                FaultKind::Memory
+            } else if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+                FaultKind::Deadline
+            } else {
+                FaultKind::Trap
+            };
+            let message = match kind {
+                FaultKind::Deadline => format!(
+                    "exceeded its CPU deadline of {} ms (stopped after {} ms)",
+                    self.limits.deadline.as_millis(),
+                    started.elapsed().as_millis()
+                ),
+                FaultKind::Memory => format!("exceeded its memory limit of {} MiB", self.limits.memory_bytes >> 20),
+                FaultKind::Trap => format!("trapped: {}", root_cause(&e)),
+            };
+            CallError::Fault {
+                provider: provider.to_string(),
+                message,
+                kind,
+            }
+        })
+    }
+}
+
+/// A plugin's answer as the host's result: an identity needs an instance ID.
+fn identity(result: Result<(String, Vec<(String, String)>), VerifyError>) -> Result<Identity, CallError> {
+    match result {
+        Ok((instance_id, _)) if instance_id.is_empty() => Err(CallError::Rejected(VerifyError::Malformed(
+            "the credential carries no instance ID".into(),
+        ))),
+        Ok((instance_id, attributes)) => Ok(Identity {
+            instance_id,
+            attributes,
+        }),
+        Err(e) => Err(CallError::Rejected(e)),
+    }
+}
+
+/// A 0.1.0 plugin's configuration for one call: the block, with the host's key
+/// set (if any) as its `jwks` member, as 0.1.0 hosts sent it.
+fn with_key_set(config: &serde_json::Value, key_set: Option<&str>) -> String {
+    let Some(keys) = key_set.and_then(|k| serde_json::from_str::<serde_json::Value>(k).ok()) else {
+        return config.to_string();
+    };
+    let mut config = config.clone();
+    if let Some(map) = config.as_object_mut() {
+        map.insert("jwks".into(), keys);
+    }
+    config.to_string()
+}
+
+/// The wasmtime configuration every plugin runs under.
+fn new_engine(limits: &Limits) -> anyhow::Result<Engine> {
+    let mut config = Config::new();
+    config.wasm_component_model(true);
+    config.epoch_interruption(true);
+    // A plugin's stack is bounded too: deep recursion traps instead of growing.
+    config.max_wasm_stack(1 << 20);
+    // Why copy-on-write (wasmtime's default, stated so it stays on): a call's
+    // memory starts as a private mapping of the compiled image — for a configured
+    // snapshot, the parsed configuration — instead of a copy of its data
+    // segments, so a call only pays for the pages it writes.
+    config.memory_init_cow(true);
+    if limits.pooling {
+        let mut pool = wasmtime::PoolingAllocationConfig::new();
+        // Slots for every call that can run at once, with room for synchronous
+        // callers beyond the async permits; a call finding no slot faults.
+        let slots = (limits.max_concurrent.max(1) * 4 + 16) as u32;
+        pool.total_component_instances(slots);
+        pool.total_core_instances(slots * 2);
+        pool.total_memories(slots * 2);
+        pool.total_tables(slots * 2);
+        pool.max_memory_size(limits.memory_bytes);
+        config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
+    }
+    Ok(Engine::new(&config)?)
+}
+
+/// Links `wasi:random` under whatever version the component imports: Rust's std
+/// seeds its hash maps from it. Everything else WASI stays a trap.
+fn link_random(linker: &mut Linker<CallState>, component: &Component, engine: &Engine) -> anyhow::Result<()> {
+    const MAX_RANDOM: u64 = 1 << 16;
+    let names: Vec<String> = component
+        .component_type()
+        .imports(engine)
+        .map(|(name, _)| name.to_string())
+        .collect();
+    for name in names {
+        if !name.starts_with("wasi:random/") {
+            continue;
+        }
+        let mut inst = linker.instance(&name)?;
+        if name.starts_with("wasi:random/insecure-seed@") {
+            inst.func_wrap("insecure-seed", |_, ()| Ok(((random_u64(), random_u64()),)))?;
+        } else if name.starts_with("wasi:random/random@") || name.starts_with("wasi:random/insecure@") {
+            let (bytes_fn, u64_fn) = if name.starts_with("wasi:random/random@") {
+                ("get-random-bytes", "get-random-u64")
+            } else {
+                ("get-insecure-random-bytes", "get-insecure-random-u64")
+            };
+            inst.func_wrap(bytes_fn, |_, (len,): (u64,)| {
+                if len > MAX_RANDOM {
+                    wasmtime::bail!("plugin asked for {len} random bytes (limit {MAX_RANDOM})");
+                }
+                let mut buf = vec![0u8; len as usize];
+                ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut buf)
+                    .map_err(|_| wasmtime::format_err!("system random failed"))?;
+                Ok((buf,))
+            })?;
+            inst.func_wrap(u64_fn, |_, ()| Ok((random_u64(),)))?;
+        }
+    }
+    Ok(())
+}
+
+fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    // SystemRandom only fails if the OS has no entropy source at all.
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
+    u64::from_le_bytes(b)
+}
+
+/// The innermost cause, which names the trap ("unreachable", "unknown import").
+fn root_cause(e: &wasmtime::Error) -> String {
+    match e.downcast_ref::<Trap>() {
+        Some(trap) => trap.to_string(),
+        None => e.root_cause().to_string(),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
