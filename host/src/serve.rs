@@ -48,31 +48,30 @@ pub async fn serve(settings: &Settings, listen: Option<String>) -> anyhow::Resul
         "idgate is serving"
     );
     // Scripts and tests read the bound address (port 0 picks a free one).
+    let shutdown = shutdown_signal()?;
     println!("idgate listening on http://{local}");
     let served = axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(shutdown)
         .await;
     tracing::info!("shutting down");
     db.close().await;
     served.context("serving HTTP")
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// Listens for SIGINT and SIGTERM from the moment it is called: a signal that
+/// arrives before the server is polled (say, right after the address is printed)
+/// must still mean a graceful shutdown, not the default action of dying at once
+/// with the embedded cluster left running.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
+    let mut terminate = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {},
+            _ = terminate.recv() => {},
         }
-    };
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
-    }
+    })
 }
 
 /// Sets up `tracing`: `json` or `pretty` (default), filtered by `RUST_LOG`
