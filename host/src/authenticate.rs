@@ -3,6 +3,8 @@
 //! Shared by `idgate verify` and the HTTP API so both verify the same way.
 
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use idgate_plugin_kit::{Identity, VerifyError};
@@ -29,11 +31,31 @@ impl std::fmt::Display for AuthError {
     }
 }
 
+/// What runs a provider's verification in place of the sandbox: the provider,
+/// the credential (the body's provider fields, JSON), the provider's
+/// configuration (JSON, host-fetched keys already injected) and the time.
+///
+/// Production always uses the sandbox. The benchmarks put the plugin crates'
+/// native code or a stub here, behind the same router, to measure what the
+/// sandbox and the verification cost (the "ceiling" rows).
+pub trait Verifier: Send + Sync {
+    /// Verifies one credential.
+    fn verify<'a>(
+        &'a self,
+        provider: &'a str,
+        credential: String,
+        config: String,
+        now: i64,
+    ) -> Pin<Box<dyn Future<Output = Result<Identity, CallError>> + Send + 'a>>;
+}
+
 /// Verifies credentials with the loaded plugins and the operator's configuration.
 pub struct Authenticator {
     sandbox: Arc<Sandbox>,
     configs: BTreeMap<String, serde_json::Value>,
     gcp_keys: Option<KeyCache>,
+    /// Runs verifications instead of the sandbox (benchmarks only).
+    stand_in: Option<Arc<dyn Verifier>>,
 }
 
 impl Authenticator {
@@ -56,7 +78,23 @@ impl Authenticator {
             sandbox,
             configs,
             gcp_keys,
+            stand_in: None,
         })
+    }
+
+    /// The same authenticator with `verifier` running every verification in
+    /// place of the sandbox; configuration and key handling stay as they are.
+    /// For measurements, not for serving.
+    pub fn with_verifier(mut self, verifier: Arc<dyn Verifier>) -> Authenticator {
+        self.stand_in = Some(verifier);
+        self
+    }
+
+    async fn call(&self, provider: &str, credential: String, config: String, now: i64) -> Result<Identity, CallError> {
+        match &self.stand_in {
+            Some(v) => v.verify(provider, credential, config, now).await,
+            None => self.sandbox.verify_async(provider, credential, config, now).await,
+        }
     }
 
     /// The sandbox the plugins run in.
@@ -71,8 +109,7 @@ impl Authenticator {
         };
         let Some(keys) = self.gcp_keys.as_ref().filter(|_| provider == "gcp") else {
             return self
-                .sandbox
-                .verify_async(provider, credential, block.to_string(), now)
+                .call(provider, credential, block.to_string(), now)
                 .await
                 .map_err(AuthError::Call);
         };
@@ -81,8 +118,7 @@ impl Authenticator {
             .await
             .map_err(|e| AuthError::KeysUnavailable(e.to_string()))?;
         let first = self
-            .sandbox
-            .verify_async(provider, credential.clone(), KeyCache::inject(block, key_set), now)
+            .call(provider, credential.clone(), KeyCache::inject(block, key_set), now)
             .await;
         // A key Google rotated in since the last fetch: refresh once (rate-limited
         // inside the cache) and try again.
@@ -94,8 +130,7 @@ impl Authenticator {
                     .key_set()
                     .await
                     .map_err(|e| AuthError::KeysUnavailable(e.to_string()))?;
-                self.sandbox
-                    .verify_async(provider, credential, KeyCache::inject(block, key_set), now)
+                self.call(provider, credential, KeyCache::inject(block, key_set), now)
                     .await
                     .map_err(AuthError::Call)
             }

@@ -28,6 +28,8 @@ pub struct HostConfig {
     pub listen: Option<String>,
     /// PostgreSQL URL; absent means the embedded cluster.
     pub database_url: Option<String>,
+    /// PostgreSQL URL for resolutions only (a read replica); absent means `database_url`.
+    pub database_read_url: Option<String>,
     /// Directory of plugin `.wasm` files.
     pub plugins: Option<PathBuf>,
     /// Directory for compiled plugins.
@@ -86,6 +88,7 @@ pub struct ServeLimits {
 const HOST_KEYS: &[&str] = &[
     "listen",
     "database_url",
+    "database_read_url",
     "plugins",
     "cache_dir",
     "log_format",
@@ -105,7 +108,7 @@ impl FileConfig {
     /// `IDGATE_<PROVIDER>_<KEY>` (e.g. `IDGATE_GCP_AUDIENCE`) for provider keys.
     /// Values are read as TOML values (`5`, `true`, `["a","b"]`), else as strings.
     /// The variables behind command-line flags (`IDGATE_CONFIG`, `IDGATE_PLUGINS`,
-    /// `IDGATE_CACHE_DIR`, `IDGATE_DATABASE_URL`) are left to the flags.
+    /// `IDGATE_CACHE_DIR`, `IDGATE_DATABASE_URL`, `IDGATE_DATABASE_READ_URL`) are left to the flags.
     pub fn load_with_env(
         path: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
@@ -123,7 +126,16 @@ impl FileConfig {
             };
             let key = key.to_ascii_lowercase();
             // Flags own these; IDGATE_DATA_DIR places the embedded cluster.
-            if ["config", "plugins", "cache_dir", "database_url", "data_dir"].contains(&key.as_str()) {
+            if [
+                "config",
+                "plugins",
+                "cache_dir",
+                "database_url",
+                "database_read_url",
+                "data_dir",
+            ]
+            .contains(&key.as_str())
+            {
                 continue;
             }
             let value = format!("v = {raw}")

@@ -24,7 +24,7 @@ use crate::gcp::test_keys;
 // ---------------------------------------------------------------------------
 // The real binary: the README's quickstart.
 
-fn idgate_binary() -> PathBuf {
+pub(crate) fn idgate_binary() -> PathBuf {
     // target/debug/deps/it-<hash> → target/debug/idgate
     let exe = std::env::current_exe().unwrap();
     let bin = exe.parent().unwrap().parent().unwrap().join("idgate");
@@ -36,7 +36,7 @@ fn idgate_binary() -> PathBuf {
     bin
 }
 
-fn idgate(db: &TestDb, args: &[&str]) -> Command {
+pub(crate) fn idgate(db: &TestDb, args: &[&str]) -> Command {
     let mut cmd = Command::new(idgate_binary());
     cmd.arg("--database-url")
         .arg(&db.url)
@@ -50,14 +50,19 @@ fn idgate(db: &TestDb, args: &[&str]) -> Command {
     cmd
 }
 
-struct Served {
-    child: Child,
-    base: String,
-    stderr: std::thread::JoinHandle<String>,
+pub(crate) struct Served {
+    pub(crate) child: Child,
+    pub(crate) base: String,
+    pub(crate) stderr: std::thread::JoinHandle<String>,
 }
 
-fn serve_binary(db: &TestDb) -> Served {
-    let mut child = idgate(db, &["serve", "--listen", "127.0.0.1:0"])
+pub(crate) fn serve_binary(db: &TestDb) -> Served {
+    spawn_served(idgate(db, &["serve", "--listen", "127.0.0.1:0"]))
+}
+
+/// Starts `cmd` (an `idgate serve` command line) and waits for its address.
+pub(crate) fn spawn_served(mut cmd: Command) -> Served {
+    let mut child = cmd
         .env("IDGATE_LOG_FORMAT", "json")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -81,7 +86,7 @@ fn serve_binary(db: &TestDb) -> Served {
     Served { child, base, stderr }
 }
 
-fn add_agent_cli(db: &TestDb, workspace: &str, instance: &str, name: &str) -> String {
+pub(crate) fn add_agent_cli(db: &TestDb, workspace: &str, instance: &str, name: &str) -> String {
     let out = idgate(
         db,
         &[
@@ -101,7 +106,11 @@ fn add_agent_cli(db: &TestDb, workspace: &str, instance: &str, name: &str) -> St
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
-async fn post(base: &str, path: &str, body: impl Into<reqwest::Body>) -> (u16, Value, reqwest::header::HeaderMap) {
+pub(crate) async fn post(
+    base: &str,
+    path: &str,
+    body: impl Into<reqwest::Body>,
+) -> (u16, Value, reqwest::header::HeaderMap) {
     let response = reqwest::Client::new()
         .post(format!("{base}/api/v2/workspaceagents/{path}"))
         .body(body)
@@ -188,6 +197,7 @@ async fn serve_router(sandbox: Arc<Sandbox>, config: &str, pool: sqlx::PgPool, l
     let state = Arc::new(AppState {
         auth: Authenticator::new(sandbox, &file).unwrap(),
         pool,
+        resolver: None,
         metrics: Metrics::default(),
         limits,
         configured: file.providers.keys().cloned().collect(),

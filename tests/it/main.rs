@@ -5,5 +5,6 @@ mod aws;
 mod azure;
 mod gcp;
 mod http;
+mod replicas;
 mod resolve;
 mod sandbox;
