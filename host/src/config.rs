@@ -214,6 +214,7 @@ mod tests {
         let c = FileConfig::parse(
             r#"
             listen = "127.0.0.1:9000"
+            database_read_url = "postgres://idgate@standby/coder"
             [sandbox]
             deadline_ms = 250
             [aws]
@@ -226,6 +227,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.host.listen.as_deref(), Some("127.0.0.1:9000"));
+        assert_eq!(
+            c.host.database_read_url.as_deref(),
+            Some("postgres://idgate@standby/coder")
+        );
+        assert!(!c.providers.contains_key("database_read_url"));
         assert_eq!(c.host.sandbox.limits().deadline, Duration::from_millis(250));
         assert_eq!(c.provider("aws")["certificates"]["us-east-1"], "PEM");
         assert_eq!(c.provider("azure"), serde_json::json!({}));
