@@ -24,6 +24,14 @@ pub struct ServerTime {
 }
 
 impl ServerTime {
+    /// The time of one of `n` executions.
+    pub fn per(&self, n: u32) -> ServerTime {
+        ServerTime {
+            plan: self.plan / n.max(1),
+            exec: self.exec / n.max(1),
+        }
+    }
+
     /// `plan + execute`.
     pub fn show(&self) -> String {
         format!("{} + {}", crate::stats::fmt(self.plan), crate::stats::fmt(self.exec))
@@ -126,6 +134,39 @@ impl BenchCluster {
         Ok(Db::open_with(self.cluster().connect_options(DATABASE), settings)
             .await?
             .pool)
+    }
+
+    /// A pool of fresh connections built as `idgate serve` builds them
+    /// (session plan setting, resolution statement prepared), without the
+    /// migration check [`BenchCluster::open`] runs first.
+    pub async fn fresh_pool(&self, max_connections: u32) -> anyhow::Result<PgPool> {
+        let settings = PoolSettings {
+            max_connections,
+            ..PoolSettings::default()
+        };
+        Ok(idgate::db::pool::connect(self.cluster().connect_options(DATABASE), settings).await?)
+    }
+
+    /// A URL for [`DATABASE`] (the socket directory as `host`), for a server
+    /// in another process.
+    pub fn url(&self) -> String {
+        format!(
+            "postgres://{}@localhost:{}/{DATABASE}?host={}",
+            embedded::SUPERUSER,
+            embedded::PORT,
+            self.cluster().data_dir().display()
+        )
+    }
+
+    /// The postmaster's process ID (its backends are its children).
+    pub fn postmaster_pid(&self) -> Option<u32> {
+        std::fs::read_to_string(self.cluster().data_dir().join("postmaster.pid"))
+            .ok()?
+            .lines()
+            .next()?
+            .trim()
+            .parse()
+            .ok()
     }
 
     /// A pool for the baseline: the same size and acquire timeout as

@@ -29,6 +29,7 @@ pub fn state(sandbox: Arc<Sandbox>, file: &FileConfig, pool: sqlx::PgPool) -> an
     Ok(Arc::new(AppState {
         auth: Authenticator::new(sandbox, file)?,
         pool,
+        resolver: None,
         metrics: Metrics::default(),
         limits: ApiLimits::default(),
         configured: file.providers.keys().cloned().collect(),

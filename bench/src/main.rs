@@ -5,8 +5,13 @@
 //! Run with `cargo xtask bench` (release build, plugins built first); it writes
 //! `BENCHMARKS.md` and its charts (`bench/charts/*.svg`) at the workspace root.
 //! It starts its own PostgreSQL in a temporary directory.
+//!
+//! `cargo run --release -p idgate-bench -- SECTION...` runs only the named
+//! sections (`statements`, `ceiling`) and prints their Markdown instead of
+//! writing `BENCHMARKS.md` (plugins must have been built).
 
 mod baseline;
+mod ceiling;
 mod charts;
 mod cluster;
 mod credentials;
@@ -40,6 +45,8 @@ pub struct Env {
 pub struct Http {
     /// Loaded plugins.
     pub sandbox: Arc<Sandbox>,
+    /// Where they were loaded from.
+    pub plugin_dir: PathBuf,
     /// `[aws]`, `[azure]`, `[gcp]` blocks.
     pub file: FileConfig,
     /// AWS signer.
@@ -74,7 +81,38 @@ fn machine(pg_version: &str) -> String {
     )
 }
 
+fn make_http(env: &Env, scratch: &std::path::Path) -> anyhow::Result<Http> {
+    let aws = credentials::Aws::new();
+    let azure = credentials::Azure::new();
+    let gcp = credentials::Gcp::new();
+    let providers = BTreeMap::from([
+        ("aws".to_string(), aws.config()),
+        ("azure".to_string(), azure.config()),
+        ("gcp".to_string(), gcp.config(&scratch.join("jwks.json"))),
+    ]);
+    Ok(Http {
+        sandbox: Arc::new(Sandbox::load(
+            &env.plugin_dir,
+            Some(&scratch.join("cache")),
+            Limits::default(),
+        )?),
+        plugin_dir: env.plugin_dir.clone(),
+        file: FileConfig {
+            host: HostConfig::default(),
+            providers,
+        },
+        aws,
+        azure,
+        gcp,
+    })
+}
+
 fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("serve-child") {
+        let spec = args.get(1).ok_or_else(|| anyhow::anyhow!("serve-child SPEC.json"))?;
+        return ceiling::child(std::path::Path::new(spec));
+    }
     let started = Instant::now();
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -85,13 +123,25 @@ fn main() -> anyhow::Result<()> {
         plugin_dir: target.join("test-plugins"),
         root,
     };
-    // `-- sandbox`: only the sandbox-costs section, printed (BENCHMARKS.md is left alone).
-    if std::env::args().nth(1).as_deref() == Some("sandbox") {
+    // `-- sandbox`: only the sandbox-costs section, printed (BENCHMARKS.md is left alone);
+    // it needs no PostgreSQL.
+    if args.first().map(String::as_str) == Some("sandbox") {
         print!("{}", sandbox_costs::run(&env));
         return Ok(());
     }
+    const SECTIONS: [&str; 2] = ["statements", "ceiling"];
+    if let Some(unknown) = args.iter().find(|a| !SECTIONS.contains(&a.as_str())) {
+        anyhow::bail!(
+            "unknown section {unknown:?}: run all of them with no argument, or name `sandbox` or some of {SECTIONS:?}"
+        );
+    }
     let scratch = std::env::temp_dir().join(format!("idgate-bench-files-{}", std::process::id()));
     std::fs::create_dir_all(&scratch)?;
+    if !args.is_empty() {
+        let result = only(&env, &scratch, &args);
+        let _ = std::fs::remove_dir_all(&scratch);
+        return result;
+    }
     let charts_dir = env.root.join("bench/charts");
     std::fs::create_dir_all(&charts_dir)?;
 
@@ -99,28 +149,7 @@ fn main() -> anyhow::Result<()> {
 
     eprintln!("starting PostgreSQL and making test keys");
     let pg = cluster::BenchCluster::start()?;
-    let aws = credentials::Aws::new();
-    let azure = credentials::Azure::new();
-    let gcp = credentials::Gcp::new();
-    let providers = BTreeMap::from([
-        ("aws".to_string(), aws.config()),
-        ("azure".to_string(), azure.config()),
-        ("gcp".to_string(), gcp.config(&scratch.join("jwks.json"))),
-    ]);
-    let http = Http {
-        sandbox: Arc::new(Sandbox::load(
-            &env.plugin_dir,
-            Some(&scratch.join("cache")),
-            Limits::default(),
-        )?),
-        file: FileConfig {
-            host: HostConfig::default(),
-            providers,
-        },
-        aws,
-        azure,
-        gcp,
-    };
+    let http = make_http(&env, &scratch)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
 
     let (md, cells) = statements::run(&rt, &pg)?;
@@ -129,6 +158,8 @@ fn main() -> anyhow::Result<()> {
     sections.push(md);
     let storm_headline = leftover.headline.clone();
     let (md, points) = throughput::run(&rt, &pg, &http, leftover.aws_plain)?;
+    sections.push(md);
+    let (md, rows) = ceiling::run(&rt, &pg, &http, &scratch)?;
     sections.push(md);
     let charts = charts::draw(&charts_dir, &cells, &points);
     drop(rt);
@@ -149,7 +180,7 @@ fn main() -> anyhow::Result<()> {
         started.elapsed().as_secs_f64(),
         machine(&version),
     );
-    report.push_str(&summary(&cells, &points, &storm_headline));
+    report.push_str(&summary(&cells, &points, &rows, &storm_headline));
     for section in &sections {
         report.push_str(section);
     }
@@ -160,8 +191,30 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs only the named sections and prints their Markdown.
+fn only(env: &Env, scratch: &std::path::Path, sections: &[String]) -> anyhow::Result<()> {
+    eprintln!("starting PostgreSQL and making test keys");
+    let pg = cluster::BenchCluster::start()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let mut out = String::new();
+    for section in sections {
+        match section.as_str() {
+            "statements" => out.push_str(&statements::run(&rt, &pg)?.0),
+            "ceiling" => {
+                let http = make_http(env, scratch)?;
+                out.push_str(&ceiling::run(&rt, &pg, &http, scratch)?.0);
+            }
+            other => unreachable!("checked: {other}"),
+        }
+    }
+    drop(rt);
+    drop(pg);
+    println!("{out}");
+    Ok(())
+}
+
 /// The headline numbers.
-fn summary(cells: &[statements::Cell], points: &[throughput::Point], storm: &str) -> String {
+fn summary(cells: &[statements::Cell], points: &[throughput::Point], rows: &[ceiling::Row], storm: &str) -> String {
     let mut md = String::from("## Headlines\n\n");
     if let Some(c) = cells.iter().find(|c| c.agents == 50 && c.builds == 100) {
         let _ = writeln!(
@@ -178,12 +231,16 @@ fn summary(cells: &[statements::Cell], points: &[throughput::Point], storm: &str
     if let Some(c) = cells.iter().find(|c| c.agents == 1 && c.builds == 0) {
         let _ = writeln!(
             md,
-            "- One agent, no earlier builds: 1 vs {} statements, but {} vs {} (baseline / idgate {}): idgate's \
-             join costs about as much to plan as the baseline's five key lookups take in all (see that section).",
+            "- One agent, no earlier builds, steady state: 1 vs {} statements, {} vs {} (baseline / idgate {}); \
+             PostgreSQL's time per authentication {} vs {} (planned once per connection; first use {} vs {}).",
             c.baseline_statements,
             stats::fmt(c.idgate.median),
             stats::fmt(c.baseline.median),
-            stats::ratio(&c.idgate, &c.baseline)
+            stats::ratio(&c.idgate, &c.baseline),
+            c.server.0.show(),
+            c.server.1.show(),
+            c.first_server.0.show(),
+            c.first_server.1.show(),
         );
     }
     let _ = writeln!(md, "- {storm}");
@@ -194,6 +251,27 @@ fn summary(cells: &[statements::Cell], points: &[throughput::Point], storm: &str
             p.provider,
             p.outcome.rate(),
             stats::fmt(p.outcome.quantile(0.99))
+        );
+    }
+    for r in rows.iter().filter(|r| r.clients == ceiling::BUDGET_CLIENTS) {
+        let _ = writeln!(
+            md,
+            "- Server CPU per {} authentication: {} (idgate {} + PostgreSQL {}).",
+            r.provider,
+            stats::fmt(r.cpu.idgate + r.cpu.postgres),
+            stats::fmt(r.cpu.idgate),
+            stats::fmt(r.cpu.postgres)
+        );
+    }
+    if let Some(floor) = rows
+        .iter()
+        .find(|r| r.mode == ceiling::Mode::Floor && r.clients == ceiling::CLIENTS)
+    {
+        let _ = writeln!(
+            md,
+            "- HTTP floor of the same router (no-op verification and resolution) at {} clients: {:.0} requests/s.",
+            ceiling::CLIENTS,
+            floor.outcome.rate()
         );
     }
     md.push_str("- WASM tax per provider: see *Sandbox costs* below.\n\n");

@@ -1,6 +1,9 @@
 //! Section 1: statements per authentication and resolution latency, idgate's
 //! one-statement resolution against the Coder stage-B baseline, over a grid of
-//! agents per instance × earlier (not soft-deleted) builds.
+//! agents per instance × earlier (not soft-deleted) builds, in a database that
+//! also holds a 20,000-workspace fleet. Each cell is measured at first use (a
+//! fresh connection) and in the steady state (a warmed, pooled connection), and
+//! the plan idgate's connection has cached is shown for three shapes.
 
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
@@ -15,6 +18,12 @@ use crate::stats::{fmt, ratio, side_by_side, Summary};
 
 const AGENTS: [usize; 4] = [1, 2, 5, 50];
 const EARLIER_BUILDS: [u32; 3] = [0, 10, 100];
+/// Workspaces in the fleet that fills the database around the grid.
+pub const FLEET: usize = 20_000;
+/// Earlier builds of each fleet workspace (their agents not soft-deleted).
+const FLEET_EARLIER_BUILDS: u32 = 2;
+/// Resolutions on a warmed connection whose server time is averaged.
+const STEADY_COUNT: u32 = 50;
 
 /// One grid cell's measurements.
 pub struct Cell {
@@ -26,16 +35,33 @@ pub struct Cell {
     pub idgate_statements: i64,
     /// ... and for one baseline authentication.
     pub baseline_statements: i64,
-    /// Latency of idgate's resolution.
+    /// Steady-state latency of idgate's resolution (warmed, pooled connection).
     pub idgate: Summary,
-    /// Latency of the baseline's.
+    /// ... and of the baseline's.
     pub baseline: Summary,
+    /// Latency of the first resolution on a fresh connection (idgate, baseline).
+    pub first_use: (Duration, Duration),
+    /// PostgreSQL's time for that first resolution (idgate, baseline).
+    pub first_server: (ServerTime, ServerTime),
     /// Statuses without an agent name (idgate, baseline).
     pub unnamed: (u16, u16),
     /// Per-statement counts of the baseline run.
     pub baseline_detail: Vec<(String, i64)>,
-    /// PostgreSQL's own planning and execution time (idgate, baseline).
+    /// PostgreSQL's own planning and execution time per authentication in the
+    /// steady state (idgate, baseline).
     pub server: (ServerTime, ServerTime),
+}
+
+/// What the section found beyond the cells.
+pub struct Extra {
+    /// `EXPLAIN (ANALYZE, BUFFERS)` of the cached plan: (what, plan lines).
+    pub plans: Vec<(String, Vec<String>)>,
+    /// How idgate's warmed connection planned the statement over the section.
+    pub counts: Option<idgate::db::plan::PlanCounts>,
+}
+
+fn fleet_instance(i: usize) -> String {
+    format!("i-fleet-{i}")
 }
 
 fn instance(agents: usize, builds: u32) -> String {
@@ -49,6 +75,8 @@ pub fn run(rt: &tokio::runtime::Runtime, pg: &BenchCluster) -> anyhow::Result<(S
     let (ours, theirs) = rt.block_on(async {
         let ours = pg.open(1).await?;
         let theirs = pg.baseline_pool(1).await?;
+        let fleet: Vec<String> = (0..FLEET).map(fleet_instance).collect();
+        register(&ours, &Group::new("fleet", fleet, 1, FLEET_EARLIER_BUILDS)).await?;
         for &agents in &AGENTS {
             for &builds in &EARLIER_BUILDS {
                 let group = Group::new(
@@ -78,11 +106,26 @@ pub fn run(rt: &tokio::runtime::Runtime, pg: &BenchCluster) -> anyhow::Result<(S
             cells.push(cell);
         }
     }
-    rt.block_on(async {
+    let extra = rt.block_on(async {
+        let mut conn = ours.acquire().await?;
+        let mut plans = Vec::new();
+        for (what, id) in [
+            ("1 agent × 0 earlier builds".to_string(), instance(1, 0)),
+            ("50 agents × 100 earlier builds".to_string(), instance(50, 100)),
+            (
+                format!("one of the {FLEET} fleet workspaces (1 agent × {FLEET_EARLIER_BUILDS} earlier builds)"),
+                fleet_instance(FLEET / 2),
+            ),
+        ] {
+            plans.push((what, idgate::db::plan::explain_cached(&mut conn, &id).await?));
+        }
+        let counts = idgate::db::plan::plan_counts(&mut conn).await?;
+        drop(conn);
         ours.close().await;
         theirs.close().await;
-    });
-    Ok((report(pg, &cells), cells))
+        anyhow::Ok(Extra { plans, counts })
+    })?;
+    Ok((report(pg, &cells, &extra), cells))
 }
 
 fn measure(
@@ -99,29 +142,74 @@ fn measure(
     let run_ours = || rt.block_on(resolve(ours, &id, name)).map(idgate_answer);
     let run_theirs = || rt.block_on(baseline::resolve(theirs, &id, name));
 
-    // Warm-up, and both must agree on the answer (same agent, same token).
-    let (a, b) = (run_ours()?, run_theirs()?);
+    type Counted = (i64, Vec<(String, i64)>, ServerTime);
+    // `n` calls of `f`, counted by PostgreSQL; the counts and time are per call.
+    let counted = |n: u32, f: &dyn Fn() -> Result<Answer, sqlx::Error>| -> anyhow::Result<Counted> {
+        if !pg.stat_statements {
+            for _ in 0..n {
+                f()?;
+            }
+            return Ok((-1, Vec::new(), ServerTime::default()));
+        }
+        rt.block_on(pg.reset_counts())?;
+        for _ in 0..n {
+            f()?;
+        }
+        let mut detail = rt.block_on(pg.counts())?;
+        for (_, calls) in &mut detail {
+            *calls /= i64::from(n);
+        }
+        let time = rt.block_on(pg.server_time())?;
+        Ok((detail.iter().map(|(_, n)| n).sum(), detail, time.per(n)))
+    };
+
+    // First use: one resolution on a connection that has never run it (the
+    // pool's set-up has prepared idgate's statement; the baseline prepares
+    // each of its statements on first use, as sqlx and pgx do).
+    let (fresh_ours, fresh_theirs) =
+        rt.block_on(async { anyhow::Ok((pg.fresh_pool(1).await?, pg.baseline_pool(1).await?)) })?;
+    let first = |f: &dyn Fn() -> Result<Answer, sqlx::Error>| -> anyhow::Result<(Duration, ServerTime, Answer)> {
+        if pg.stat_statements {
+            rt.block_on(pg.reset_counts())?;
+        }
+        let t = Instant::now();
+        let answer = f()?;
+        let latency = t.elapsed();
+        let time = if pg.stat_statements {
+            rt.block_on(pg.server_time())?
+        } else {
+            ServerTime::default()
+        };
+        Ok((latency, time, answer))
+    };
+    let (ours_first, ours_first_server, a) =
+        first(&|| rt.block_on(resolve(&fresh_ours, &id, name)).map(idgate_answer))?;
+    let (theirs_first, theirs_first_server, b) = first(&|| rt.block_on(baseline::resolve(&fresh_theirs, &id, name)))?;
+    rt.block_on(async {
+        fresh_ours.close().await;
+        fresh_theirs.close().await;
+    });
+    // Both must agree on the answer (same agent, same token).
     anyhow::ensure!(
         matches!(a, Answer::Token(_)) && a == b,
         "{id}: idgate answered {a:?}, the baseline {b:?}"
     );
+
+    // Steady state: warm the long-lived connections past PostgreSQL's five
+    // custom plans, then average over several resolutions.
     let t = Instant::now();
     run_theirs()?;
     let baseline_once = t.elapsed();
-
-    type Counted = (i64, Vec<(String, i64)>, ServerTime);
-    let counted = |f: &dyn Fn() -> Result<Answer, sqlx::Error>| -> anyhow::Result<Counted> {
-        if !pg.stat_statements {
-            return Ok((-1, Vec::new(), ServerTime::default()));
-        }
-        rt.block_on(pg.reset_counts())?;
-        f()?;
-        let detail = rt.block_on(pg.counts())?;
-        let time = rt.block_on(pg.server_time())?;
-        Ok((detail.iter().map(|(_, n)| n).sum(), detail, time))
-    };
-    let (idgate_statements, _, idgate_server) = counted(&run_ours)?;
-    let (baseline_statements, baseline_detail, baseline_server) = counted(&run_theirs)?;
+    let repeat =
+        ((Duration::from_millis(200).as_secs_f64() / baseline_once.as_secs_f64()) as u32).clamp(1, STEADY_COUNT);
+    for _ in 0..10 {
+        run_ours()?;
+    }
+    for _ in 0..repeat.min(10) {
+        run_theirs()?;
+    }
+    let (idgate_statements, _, idgate_server) = counted(STEADY_COUNT, &run_ours)?;
+    let (baseline_statements, baseline_detail, baseline_server) = counted(repeat, &run_theirs)?;
 
     // Without a name: a single agent should authenticate; old-build rows make
     // the baseline see several candidates.
@@ -150,50 +238,68 @@ fn measure(
         baseline_statements,
         idgate,
         baseline,
+        first_use: (ours_first, theirs_first),
+        first_server: (ours_first_server, theirs_first_server),
         unnamed,
         baseline_detail,
         server: (idgate_server, baseline_server),
     })
 }
 
-fn report(pg: &BenchCluster, cells: &[Cell]) -> String {
+fn report(pg: &BenchCluster, cells: &[Cell], extra: &Extra) -> String {
     let mut md = String::from("## Statements per authentication: idgate vs Coder's stage-B pattern\n\n");
-    md.push_str(
+    let _ = write!(
+        md,
         "One instance per cell with N agents on its latest build and the same agents on each of B earlier \
-         builds, **not** soft-deleted (as in coder/coder#25155). The request names its agent (`main`, or \
-         `agent-0` when N > 1), so that both sides do their whole work and answer 200. \
-         *idgate* is `idgate::db::resolve::resolve` (one joined statement). *Baseline* is a faithful rewrite, \
+         builds, **not** soft-deleted (as in coder/coder#25155), in a database that also holds a fleet of \
+         {FLEET} workspaces (one agent on each of {} builds, not soft-deleted either). The request names its \
+         agent (`main`, or `agent-0` when N > 1), so that both sides do their whole work and answer 200. \
+         *idgate* is `idgate::db::resolve::resolve` (one statement). *Baseline* is a faithful rewrite, \
          inside this benchmark only (`bench/src/baseline.rs`), of the statement sequence of Coder's stage-B \
          handler (coder/coder#24973): `GetWorkspaceAgentsByInstanceID`, then per candidate \
          `GetWorkspaceResourceByID` + `GetProvisionerJobByID`, selection, then `GetWorkspaceBuildByID` + \
          `GetLatestWorkspaceBuildByWorkspaceID`. Coder's dbauthz layer is not reproduced (after #24973 it adds \
          no SQL for the system subject, only Go-side RBAC checks), so the baseline is if anything cheaper than \
          Coder.\n\n",
+        FLEET_EARLIER_BUILDS + 1
     );
     if pg.stat_statements {
-        md.push_str(
-            "Statements are counted by PostgreSQL (`pg_stat_statements.calls` for the benchmark database, reset \
-             before each authentication, connections warmed first). Latency is one resolution from the \
-             application's side (pool of one connection each, sequential), median of 5 alternating rounds with \
-             the spread of the round medians. *Server time* is PostgreSQL's own planning + execution time \
-             for that one authentication (`pg_stat_statements` with `track_planning`), without round trips.\n\n",
+        let _ = write!(
+            md,
+            "Statements are counted by PostgreSQL (`pg_stat_statements.calls` for the benchmark database). \
+             *First use* is the first resolution on a fresh connection: idgate's pool prepared the statement \
+             when it connected, and PostgreSQL plans it at this first execution; the baseline prepares each of \
+             its statements on first use. *Steady* is a long-lived pooled connection after warm-up (past \
+             PostgreSQL's five custom plans): latency is one resolution from the application's side (pool of \
+             one connection each, sequential), median of 5 alternating rounds with the spread of the round \
+             medians; *server time* is PostgreSQL's own planning + execution time per authentication \
+             (`pg_stat_statements` with `track_planning`, mean of {STEADY_COUNT} idgate resolutions and of up \
+             to {STEADY_COUNT} baseline ones), without round trips. idgate's connections run with \
+             `plan_cache_mode = force_generic_plan` (a session setting, `idgate::db::plan`): the statement is \
+             planned once per connection.\n\n",
         );
     } else {
         md.push_str("**This PostgreSQL has no `pg_stat_statements`: statement counts are not available.**\n\n");
     }
     md.push_str(
-        "| agents | earlier builds | statements idgate | statements baseline | latency idgate | latency baseline | \
-         baseline / idgate | server time idgate | server time baseline | without `agent_name`: idgate / baseline |\n\
-         |---|---|---|---|---|---|---|---|---|---|\n",
+        "| agents | earlier builds | statements idgate / baseline | first use: latency idgate / baseline | \
+         first use: server time idgate / baseline | steady latency idgate | steady latency baseline | \
+         baseline / idgate (steady) | steady server time idgate | steady server time baseline | \
+         without `agent_name`: idgate / baseline |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for c in cells {
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} |",
+            "| {} | {} | {} / {} | {} / {} | {} / {} | {} | {} | {} | {} | {} | {} / {} |",
             c.agents,
             c.builds,
             c.idgate_statements,
             c.baseline_statements,
+            fmt(c.first_use.0),
+            fmt(c.first_use.1),
+            c.first_server.0.show(),
+            c.first_server.1.show(),
             c.idgate.show(),
             c.baseline.show(),
             ratio(&c.idgate, &c.baseline),
@@ -209,18 +315,24 @@ fn report(pg: &BenchCluster, cells: &[Cell]) -> String {
          instance with earlier builds gets the baseline's 409 listing `main, main, …` (the incident); \
          idgate answers 200 (409 is right for N > 1).\n",
     );
-    if pg.stat_statements {
-        let mut plans: Vec<std::time::Duration> = cells.iter().map(|c| c.server.0.plan).collect();
-        plans.sort();
+    if let Some(counts) = extra.counts {
         let _ = writeln!(
             md,
-            "\nidgate's one statement is a five-table join with a correlated `max(build_number)`; PostgreSQL plans \
-             it afresh for each instance ID (a custom plan; its generic plan is slower), which takes about {} \
-             (median over the cells), more than it takes to execute here. So with one candidate and no history \
-             the baseline's five primary-key lookups are about as fast or faster; idgate pulls ahead as soon as \
-             there are old-build candidates to loop over, and stays at one round trip.",
-            fmt(plans[plans.len() / 2])
+            "\nidgate's warmed connection, over the whole section: the statement ran {} times on its cached \
+             generic plan and {} times on a custom plan (`pg_prepared_statements`).",
+            counts.generic, counts.custom
         );
+    }
+    if !extra.plans.is_empty() {
+        md.push_str(
+            "\n### The cached plan\n\n`EXPLAIN (ANALYZE, BUFFERS) EXECUTE` of the resolution statement on idgate's \
+             warmed connection (`idgate::db::plan::explain_cached`): the one generic plan serves every shape. \
+             Work is per distinct resource and workspace (the `latest` probe runs once per workspace), not per \
+             candidate row. EXPLAIN's own timing inflates the times; the server time above is without it.\n",
+        );
+        for (what, plan) in &extra.plans {
+            let _ = writeln!(md, "\n{what}:\n\n```\n{}\n```", plan.join("\n"));
+        }
     }
     if let Some(big) = cells.iter().max_by_key(|c| c.baseline_statements) {
         let _ = writeln!(

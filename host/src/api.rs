@@ -20,7 +20,7 @@ use serde::Serialize;
 use utoipa::{OpenApi, ToSchema};
 
 use crate::authenticate::{AuthError, Authenticator};
-use crate::db::resolve::{resolve_measured, Resolution};
+use crate::db::resolve::{resolve_measured, Resolution, Resolver};
 use crate::metrics::Metrics;
 use crate::request::{parse_body, route, BodyError, Route, Validation};
 use crate::sandbox::{CallError, FaultKind};
@@ -49,6 +49,9 @@ pub struct AppState {
     pub auth: Authenticator,
     /// The database pool.
     pub pool: sqlx::PgPool,
+    /// Answers resolutions instead of `pool` when set: benchmarks only (the
+    /// HTTP-floor measurement); `None` when serving.
+    pub resolver: Option<Arc<dyn Resolver>>,
     /// Metrics.
     pub metrics: Metrics,
     /// Request limits.
@@ -320,7 +323,14 @@ async fn attempt(state: &AppState, route: &Route, body: Body, audit: &mut Audit)
     audit.instance_id = Some(identity.instance_id.clone());
 
     let started = Instant::now();
-    let resolution = resolve_measured(&state.pool, &identity.instance_id, parsed.agent_name.as_deref()).await;
+    let resolution = match &state.resolver {
+        None => resolve_measured(&state.pool, &identity.instance_id, parsed.agent_name.as_deref()).await,
+        Some(stand_in) => {
+            stand_in
+                .resolve(&identity.instance_id, parsed.agent_name.as_deref())
+                .await
+        }
+    };
     state.metrics.resolve_time(started.elapsed());
     let (resolution, pool_wait) = resolution.map_err(database_error)?;
     state.metrics.pool_wait(pool_wait);

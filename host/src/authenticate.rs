@@ -11,6 +11,8 @@
 //! waiting for it; reading a 2 KiB key set per call costs microseconds.
 
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use idgate_plugin_kit::{Identity, VerifyError};
@@ -41,11 +43,31 @@ impl std::fmt::Display for AuthError {
 /// Google's about 20).
 pub const MAX_INSTANCE_ID_BYTES: usize = 256;
 
+/// What runs a provider's verification in place of the sandbox: the provider,
+/// the credential (the body's provider fields, JSON), the provider's
+/// host-fetched key set (Google's JWKS for `gcp`) and the time.
+///
+/// Production always uses the sandbox. The benchmarks put the plugin crates'
+/// native code or a stub here, behind the same router, to measure what the
+/// sandbox and the verification cost (the "ceiling" rows).
+pub trait Verifier: Send + Sync {
+    /// Verifies one credential.
+    fn verify<'a>(
+        &'a self,
+        provider: &'a str,
+        credential: String,
+        key_set: Option<String>,
+        now: i64,
+    ) -> Pin<Box<dyn Future<Output = Result<Identity, CallError>> + Send + 'a>>;
+}
+
 /// Verifies credentials with the loaded plugins and the operator's configuration.
 pub struct Authenticator {
     sandbox: Arc<Sandbox>,
     configured: BTreeMap<String, Configured>,
     gcp_keys: Option<KeyCache>,
+    /// Runs verifications instead of the sandbox (benchmarks only).
+    stand_in: Option<Arc<dyn Verifier>>,
 }
 
 impl Authenticator {
@@ -75,7 +97,29 @@ impl Authenticator {
             sandbox,
             configured,
             gcp_keys,
+            stand_in: None,
         })
+    }
+
+    /// The same authenticator with `verifier` running every verification in
+    /// place of the sandbox; configuration and key handling stay as they are.
+    /// For measurements, not for serving.
+    pub fn with_verifier(mut self, verifier: Arc<dyn Verifier>) -> Authenticator {
+        self.stand_in = Some(verifier);
+        self
+    }
+
+    async fn call(
+        &self,
+        plugin: &Configured,
+        credential: String,
+        key_set: Option<String>,
+        now: i64,
+    ) -> Result<Identity, CallError> {
+        match &self.stand_in {
+            Some(v) => v.verify(plugin.provider(), credential, key_set, now).await,
+            None => self.sandbox.verify_async(plugin, credential, key_set, now).await,
+        }
     }
 
     /// The sandbox the plugins run in.
@@ -102,19 +146,14 @@ impl Authenticator {
             return Err(AuthError::Call(CallError::NotLoaded(provider.to_string())));
         };
         let Some(keys) = self.gcp_keys.as_ref().filter(|_| provider == "gcp") else {
-            return self
-                .sandbox
-                .verify_async(plugin, credential, None, now)
-                .await
-                .map_err(AuthError::Call);
+            return self.call(plugin, credential, None, now).await.map_err(AuthError::Call);
         };
         let key_set = keys
             .key_set()
             .await
             .map_err(|e| AuthError::KeysUnavailable(e.to_string()))?;
         let first = self
-            .sandbox
-            .verify_async(plugin, credential.clone(), Some(key_set.to_string()), now)
+            .call(plugin, credential.clone(), Some(key_set.to_string()), now)
             .await;
         // A key Google rotated in since the last fetch: refresh once (rate-limited
         // inside the cache) and try again.
@@ -126,8 +165,7 @@ impl Authenticator {
                     .key_set()
                     .await
                     .map_err(|e| AuthError::KeysUnavailable(e.to_string()))?;
-                self.sandbox
-                    .verify_async(plugin, credential, Some(key_set.to_string()), now)
+                self.call(plugin, credential, Some(key_set.to_string()), now)
                     .await
                     .map_err(AuthError::Call)
             }

@@ -28,6 +28,8 @@ pub struct HostConfig {
     pub listen: Option<String>,
     /// PostgreSQL URL; absent means the embedded cluster.
     pub database_url: Option<String>,
+    /// PostgreSQL URL for resolutions only (a read replica); absent means `database_url`.
+    pub database_read_url: Option<String>,
     /// Directory of plugin `.wasm` files.
     pub plugins: Option<PathBuf>,
     /// Directory for compiled plugins.
@@ -91,6 +93,7 @@ pub struct ServeLimits {
 const HOST_KEYS: &[&str] = &[
     "listen",
     "database_url",
+    "database_read_url",
     "plugins",
     "cache_dir",
     "log_format",
@@ -112,7 +115,7 @@ impl FileConfig {
     /// `IDGATE_PLUGIN_SHA256_<PROVIDER>` for pins.
     /// Values are read as TOML values (`5`, `true`, `["a","b"]`), else as strings.
     /// The variables behind command-line flags (`IDGATE_CONFIG`, `IDGATE_PLUGINS`,
-    /// `IDGATE_CACHE_DIR`, `IDGATE_DATABASE_URL`) are left to the flags.
+    /// `IDGATE_CACHE_DIR`, `IDGATE_DATABASE_URL`, `IDGATE_DATABASE_READ_URL`) are left to the flags.
     pub fn load_with_env(
         path: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
@@ -130,7 +133,16 @@ impl FileConfig {
             };
             let key = key.to_ascii_lowercase();
             // Flags own these; IDGATE_DATA_DIR places the embedded cluster.
-            if ["config", "plugins", "cache_dir", "database_url", "data_dir"].contains(&key.as_str()) {
+            if [
+                "config",
+                "plugins",
+                "cache_dir",
+                "database_url",
+                "database_read_url",
+                "data_dir",
+            ]
+            .contains(&key.as_str())
+            {
                 continue;
             }
             let value = format!("v = {raw}")
@@ -212,6 +224,7 @@ mod tests {
         let c = FileConfig::parse(
             r#"
             listen = "127.0.0.1:9000"
+            database_read_url = "postgres://idgate@standby/coder"
             [sandbox]
             deadline_ms = 250
             [aws]
@@ -224,6 +237,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.host.listen.as_deref(), Some("127.0.0.1:9000"));
+        assert_eq!(
+            c.host.database_read_url.as_deref(),
+            Some("postgres://idgate@standby/coder")
+        );
+        assert!(!c.providers.contains_key("database_read_url"));
         assert_eq!(c.host.sandbox.limits().deadline, Duration::from_millis(250));
         assert_eq!(c.provider("aws")["certificates"]["us-east-1"], "PEM");
         assert_eq!(c.provider("azure"), serde_json::json!({}));

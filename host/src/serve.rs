@@ -21,10 +21,14 @@ pub async fn serve(settings: &Settings, listen: Option<String>) -> anyhow::Resul
     let pool = settings.pool_settings();
     let sandbox = Arc::new(settings.sandbox()?);
     let auth = Authenticator::new(sandbox.clone(), &settings.file)?;
-    let db = Db::open(settings.database_url.as_deref(), pool).await?;
+    let mut db = Db::open(settings.database_url.as_deref(), pool).await?;
+    if let Some(url) = &settings.database_read_url {
+        db = db.with_read_url(url, pool).await?;
+    }
     let state = Arc::new(AppState {
         auth,
-        pool: db.pool.clone(),
+        pool: db.resolution_pool().clone(),
+        resolver: None,
         metrics: Metrics::default(),
         limits: ApiLimits {
             max_body_bytes: limits.max_body_bytes.unwrap_or(ApiLimits::default().max_body_bytes),
@@ -45,6 +49,7 @@ pub async fn serve(settings: &Settings, listen: Option<String>) -> anyhow::Resul
         addr = %local,
         plugins = ?sandbox.plugins().iter().map(|p| p.provider.as_str()).collect::<Vec<_>>(),
         embedded_database = settings.database_url.is_none(),
+        read_replica = settings.database_read_url.is_some(),
         "idgate is serving"
     );
     // Scripts and tests read the bound address (port 0 picks a free one).

@@ -37,7 +37,7 @@ pub(crate) fn idgate_binary() -> PathBuf {
     bin
 }
 
-fn idgate(db: &TestDb, args: &[&str]) -> Command {
+pub(crate) fn idgate(db: &TestDb, args: &[&str]) -> Command {
     let mut cmd = Command::new(idgate_binary());
     cmd.arg("--database-url")
         .arg(&db.url)
@@ -58,7 +58,8 @@ pub(crate) struct Served {
     pub(crate) stderr: std::thread::JoinHandle<String>,
 }
 
-fn serve_binary(db: &TestDb) -> Served {
+/// `idgate serve` on `db` with JSON logs.
+pub(crate) fn serve_binary(db: &TestDb) -> Served {
     let mut cmd = idgate(db, &[]);
     cmd.env("IDGATE_LOG_FORMAT", "json");
     serve_command(cmd)
@@ -95,7 +96,7 @@ pub(crate) fn serve_command(mut cmd: Command) -> Served {
     }
 }
 
-fn add_agent_cli(db: &TestDb, workspace: &str, instance: &str, name: &str) -> String {
+pub(crate) fn add_agent_cli(db: &TestDb, workspace: &str, instance: &str, name: &str) -> String {
     let out = idgate(
         db,
         &[
@@ -115,7 +116,11 @@ fn add_agent_cli(db: &TestDb, workspace: &str, instance: &str, name: &str) -> St
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
-async fn post(base: &str, path: &str, body: impl Into<reqwest::Body>) -> (u16, Value, reqwest::header::HeaderMap) {
+pub(crate) async fn post(
+    base: &str,
+    path: &str,
+    body: impl Into<reqwest::Body>,
+) -> (u16, Value, reqwest::header::HeaderMap) {
     let response = reqwest::Client::new()
         .post(format!("{base}/api/v2/workspaceagents/{path}"))
         .body(body)
@@ -202,6 +207,7 @@ pub(crate) async fn serve_router(sandbox: Arc<Sandbox>, config: &str, pool: sqlx
     let state = Arc::new(AppState {
         auth: Authenticator::new(sandbox, &file).unwrap(),
         pool,
+        resolver: None,
         metrics: Metrics::default(),
         limits,
         configured: file.providers.keys().cloned().collect(),

@@ -7,5 +7,6 @@ mod faults;
 mod gcp;
 mod http;
 mod plugin_trust;
+mod replicas;
 mod resolve;
 mod sandbox;

@@ -536,6 +536,135 @@ async fn resolution_plan_uses_indexes() {
     assert!(matches!(res(&pool, "i-4242", None).await, Resolution::Ambiguous(_)));
 }
 
+/// Plan once: on a pooled connection every resolution runs on the one cached
+/// generic plan, whatever the data shape (one agent and no history; 50 agents
+/// on each of 101 builds, none soft-deleted, skewing the statistics; a
+/// 20,000-workspace fleet), and that plan does its work per distinct resource
+/// and workspace, not per candidate row. Prints the plans (`-- --nocapture`).
+#[tokio::test]
+async fn one_cached_plan_for_every_data_shape() {
+    let db = fresh_database().await;
+    // 20,000 workspaces, each on its own instance with three builds.
+    sqlx::raw_sql(
+        "INSERT INTO workspaces (id, name) SELECT md5('w' || w)::uuid, 'fleet-' || w FROM generate_series(1, 20000) w;
+         INSERT INTO provisioner_jobs (id, type, input)
+           SELECT md5('j' || w || '-' || b)::uuid, 'workspace_build', '{}'
+           FROM generate_series(1, 20000) w, generate_series(1, 3) b;
+         INSERT INTO workspace_builds (id, workspace_id, build_number, transition, job_id)
+           SELECT md5('b' || w || '-' || b)::uuid, md5('w' || w)::uuid, b, 'start', md5('j' || w || '-' || b)::uuid
+           FROM generate_series(1, 20000) w, generate_series(1, 3) b;
+         INSERT INTO workspace_resources (id, job_id, transition, type, name)
+           SELECT md5('r' || w || '-' || b)::uuid, md5('j' || w || '-' || b)::uuid, 'start', 'instance', 'vm'
+           FROM generate_series(1, 20000) w, generate_series(1, 3) b;
+         INSERT INTO workspace_agents (id, name, resource_id, auth_token, auth_instance_id, deleted)
+           SELECT md5('a' || w || '-' || b)::uuid, 'main', md5('r' || w || '-' || b)::uuid,
+                  gen_random_uuid(), 'i-fleet-' || w, b < 3
+           FROM generate_series(1, 20000) w, generate_series(1, 3) b;
+         -- One instance with 50 agents on each of 101 builds, none soft-deleted.
+         INSERT INTO workspaces (id, name) VALUES (md5('skew')::uuid, 'skew');
+         INSERT INTO provisioner_jobs (id, type, input)
+           SELECT md5('skew-j' || b)::uuid, 'workspace_build', '{}' FROM generate_series(1, 101) b;
+         INSERT INTO workspace_builds (id, workspace_id, build_number, transition, job_id)
+           SELECT md5('skew-b' || b)::uuid, md5('skew')::uuid, b, 'start', md5('skew-j' || b)::uuid
+           FROM generate_series(1, 101) b;
+         INSERT INTO workspace_resources (id, job_id, transition, type, name)
+           SELECT md5('skew-r' || b)::uuid, md5('skew-j' || b)::uuid, 'start', 'instance', 'vm'
+           FROM generate_series(1, 101) b;
+         INSERT INTO workspace_agents (id, created_at, name, resource_id, auth_token, auth_instance_id)
+           SELECT md5('skew-a' || b || '-' || a)::uuid, now() + b * interval '1 s', 'agent-' || a,
+                  md5('skew-r' || b)::uuid, gen_random_uuid(), 'i-skew'
+           FROM generate_series(1, 101) b, generate_series(0, 49) a;",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let solo_token = add(&db.pool, "solo", "i-solo", "main").await;
+    sqlx::raw_sql("ANALYZE").execute(&db.pool).await.unwrap();
+    let latest_37: Uuid =
+        sqlx::query_scalar("SELECT auth_token FROM workspace_agents WHERE id = md5('skew-a101-37')::uuid")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    let fleet_token: Uuid =
+        sqlx::query_scalar("SELECT auth_token FROM workspace_agents WHERE id = md5('a777-3')::uuid")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+
+    let settings = idgate::db::PoolSettings {
+        max_connections: 1,
+        ..Default::default()
+    };
+    let options = idgate::db::embedded::connect_options(&pg::cluster().dir, &db.name);
+    let pool = idgate::db::pool::connect(options.clone(), settings).await.unwrap();
+    let rounds = 4;
+    for _ in 0..rounds {
+        assert_eq!(
+            res(&pool, "i-solo", None).await,
+            Resolution::Token(solo_token, "main".into())
+        );
+        assert_eq!(
+            res(&pool, "i-skew", Some("agent-37")).await,
+            Resolution::Token(latest_37, "agent-37".into())
+        );
+        assert!(matches!(res(&pool, "i-skew", None).await, Resolution::Ambiguous(_)));
+        assert_eq!(
+            res(&pool, "i-fleet-777", None).await,
+            Resolution::Token(fleet_token, "main".into())
+        );
+        assert_eq!(res(&pool, "i-nobody", None).await, not_found("i-nobody"));
+    }
+    let mut conn = pool.acquire().await.unwrap();
+    let counts = idgate::db::plan::plan_counts(&mut conn)
+        .await
+        .unwrap()
+        .expect("prepared");
+    println!("pooled connection: {counts:?}");
+    assert_eq!(
+        counts,
+        idgate::db::plan::PlanCounts {
+            generic: 5 * rounds,
+            custom: 0
+        }
+    );
+
+    for (iid, what) in [
+        ("i-solo", "1 agent, no history"),
+        ("i-skew", "50 agents × 101 builds"),
+        ("i-fleet-777", "a fleet instance"),
+    ] {
+        let plan = idgate::db::plan::explain_cached(&mut conn, iid).await.unwrap();
+        let text = plan.join("\n");
+        println!("EXPLAIN EXECUTE ({what}):\n{text}\n");
+        assert!(!text.contains("Seq Scan"), "{text}");
+        // The latest build is looked up once per workspace, not per candidate.
+        let probes = plan
+            .iter()
+            .find(|l| l.contains("workspace_builds latest"))
+            .unwrap_or_else(|| panic!("no latest-build probe in\n{text}"));
+        assert!(probes.contains("loops=1)"), "{probes}");
+    }
+    // Executing under EXPLAIN used the same cached plan.
+    let after = idgate::db::plan::plan_counts(&mut conn).await.unwrap().unwrap();
+    assert_eq!(after.custom, 0);
+    drop(conn);
+    pool.close().await;
+
+    // For contrast, PostgreSQL's default on a plain connection: custom plans first.
+    use sqlx::{Connection, Executor};
+    let mut plain = sqlx::PgConnection::connect_with(&options).await.unwrap();
+    plain.prepare(RESOLVE_SQL).await.unwrap();
+    for _ in 0..rounds {
+        for iid in ["i-solo", "i-skew", "i-fleet-777", "i-nobody"] {
+            sqlx::query(RESOLVE_SQL).bind(iid).fetch_all(&mut plain).await.unwrap();
+        }
+    }
+    let default = idgate::db::plan::plan_counts(&mut plain).await.unwrap().unwrap();
+    println!("plain connection, plan_cache_mode = auto: {default:?}");
+    assert!(default.custom >= 5, "{default:?}");
+    plain.close().await.unwrap();
+}
+
 // ---- Registration commands -------------------------------------------------
 
 #[tokio::test]

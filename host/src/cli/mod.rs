@@ -42,6 +42,10 @@ pub struct GlobalArgs {
     /// PostgreSQL URL; without one idgate runs its own embedded cluster.
     #[arg(long, global = true, env = "IDGATE_DATABASE_URL")]
     pub database_url: Option<String>,
+    /// PostgreSQL URL for `idgate serve`'s resolutions only (a read replica);
+    /// registration and migrations stay on `--database-url`.
+    #[arg(long, global = true, env = "IDGATE_DATABASE_READ_URL")]
+    pub database_read_url: Option<String>,
 }
 
 /// The commands.
@@ -110,6 +114,8 @@ pub struct Settings {
     pub cache_dir: PathBuf,
     /// Database URL, if any.
     pub database_url: Option<String>,
+    /// Read-only database URL for resolutions, if any.
+    pub database_read_url: Option<String>,
 }
 
 impl Settings {
@@ -127,11 +133,16 @@ impl Settings {
             .or_else(|| file.host.cache_dir.clone())
             .unwrap_or_else(default_cache_dir);
         let database_url = global.database_url.clone().or_else(|| file.host.database_url.clone());
+        let database_read_url = global
+            .database_read_url
+            .clone()
+            .or_else(|| file.host.database_read_url.clone());
         Ok(Settings {
             file,
             plugins,
             cache_dir,
             database_url,
+            database_read_url,
         })
     }
 

@@ -3,6 +3,7 @@
 //! embedded cluster used when no database URL is configured.
 
 pub mod embedded;
+pub mod plan;
 pub mod pool;
 pub mod registry;
 pub mod resolve;
@@ -10,7 +11,7 @@ pub mod resolve;
 use anyhow::Context;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::PgConnectOptions;
-use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
+use sqlx::{ConnectOptions, Connection, Executor, PgConnection, PgPool};
 
 use embedded::EmbeddedCluster;
 pub use pool::PoolSettings;
@@ -18,11 +19,15 @@ pub use pool::PoolSettings;
 /// idgate's schema migrations (`host/migrations`).
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
-/// An open database: the pool, and the embedded cluster if idgate runs one.
+/// An open database: the pool, a read replica's pool if one is configured, and
+/// the embedded cluster if idgate runs one.
 #[derive(Debug)]
 pub struct Db {
-    /// Connections for resolutions and commands.
+    /// Connections to the primary: registration, migrations, and resolutions
+    /// unless a read replica is configured.
     pub pool: PgPool,
+    /// Connections to the read replica that serves resolutions, if any.
+    read_pool: Option<PgPool>,
     /// False for a database whose schema idgate does not own (a Coder database).
     managed: bool,
     embedded: Option<EmbeddedCluster>,
@@ -67,9 +72,44 @@ impl Db {
             .context("connecting to PostgreSQL (and preparing the resolution statement)")?;
         Ok(Db {
             pool,
+            read_pool: None,
             managed,
             embedded: None,
         })
+    }
+
+    /// The same database, with resolutions served by the read-only database at
+    /// `url` (a streaming standby of this one, so it has the same schema). Only
+    /// the resolution statement runs there; nothing is migrated or written.
+    /// Preparing the statement on the first connection checks that the
+    /// replica has the tables.
+    pub async fn with_read_url(mut self, url: &str, settings: PoolSettings) -> anyhow::Result<Db> {
+        let options: PgConnectOptions = url
+            .parse()
+            .context("the read-only database URL is not a PostgreSQL URL (postgres://user@host/db)")?;
+        // The pool retries a failing connection set-up until its acquire
+        // timeout and then reports only that; one plain connection first
+        // gives the real reason (unreachable, no such database, no tables).
+        let mut probe = options
+            .connect()
+            .await
+            .context("connecting to the read-only database")?;
+        probe.prepare(resolve::RESOLVE_SQL).await.context(
+            "preparing the resolution statement on the read-only database (does it have idgate's or Coder's tables?)",
+        )?;
+        probe.close().await?;
+        let read = pool::connect(options, settings)
+            .await
+            .context("connecting to the read-only database")?;
+        if let Some(old) = self.read_pool.replace(read) {
+            old.close().await;
+        }
+        Ok(self)
+    }
+
+    /// The pool resolutions use: the read replica's if configured, else the primary's.
+    pub fn resolution_pool(&self) -> &PgPool {
+        self.read_pool.as_ref().unwrap_or(&self.pool)
     }
 
     /// Whether idgate owns the schema (false for a Coder database).
@@ -96,6 +136,9 @@ impl Db {
     /// it and no other process (an `idgate serve` that came up meanwhile and
     /// found it running) is connected; otherwise it is left running.
     pub async fn close(self) {
+        if let Some(read) = &self.read_pool {
+            read.close().await;
+        }
         self.pool.close().await;
         if let Some(cluster) = self.embedded {
             if cluster.started_here() && !alone(&cluster).await {

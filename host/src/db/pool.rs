@@ -1,5 +1,9 @@
 //! The connection pool that serves resolutions.
 //!
+//! Every connection sets `plan_cache_mode = force_generic_plan` for its
+//! session (see [`crate::db::plan`]), so the resolution is planned once per
+//! connection, not once per request.
+//!
 //! Two sqlx defaults would add round trips to every resolution, so they are
 //! changed here:
 //! - sqlx prepares a statement (Parse/Describe/Sync, one round trip) the first
@@ -20,6 +24,7 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Executor, PgPool};
 
+use crate::db::plan::SESSION_SETTING;
 use crate::db::resolve::RESOLVE_SQL;
 
 /// Pool sizing and the wait for a free connection.
@@ -41,8 +46,8 @@ impl Default for PoolSettings {
     }
 }
 
-/// Opens a lazily-filled pool whose connections have the resolution statement
-/// prepared. The schema must exist (run migrations first): preparing checks
+/// Opens a lazily-filled pool whose connections plan the resolution once
+/// (generic plan cached per session) and have its statement prepared. The schema must exist (run migrations first): preparing checks
 /// the tables and columns, so a wrong database fails loudly here.
 pub async fn connect(options: PgConnectOptions, settings: PoolSettings) -> Result<PgPool, sqlx::Error> {
     let pool = PgPoolOptions::new()
@@ -53,6 +58,7 @@ pub async fn connect(options: PgConnectOptions, settings: PoolSettings) -> Resul
         .max_lifetime(Some(Duration::from_secs(1800)))
         .after_connect(|conn, _meta| {
             Box::pin(async move {
+                conn.execute(SESSION_SETTING).await?;
                 conn.prepare(RESOLVE_SQL).await?;
                 Ok(())
             })
