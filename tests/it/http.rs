@@ -58,17 +58,17 @@ pub(crate) struct Served {
     pub(crate) stderr: std::thread::JoinHandle<String>,
 }
 
-/// `idgate serve` on `db` with JSON logs.
+/// `idgate serve` on `db`.
 pub(crate) fn serve_binary(db: &TestDb) -> Served {
-    let mut cmd = idgate(db, &[]);
-    cmd.env("IDGATE_LOG_FORMAT", "json");
-    serve_command(cmd)
+    serve_command(idgate(db, &[]))
 }
 
-/// Runs `cmd serve --listen 127.0.0.1:0` and waits for the address it prints.
+/// Runs `cmd serve --listen 127.0.0.1:0` with JSON logs (the tests read them)
+/// and waits for the address it prints.
 pub(crate) fn serve_command(mut cmd: Command) -> Served {
     let mut child = cmd
         .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("IDGATE_LOG_FORMAT", "json")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

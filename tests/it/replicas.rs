@@ -167,7 +167,7 @@ async fn an_unusable_read_url_is_refused_at_start() {
         .execute(&mut admin)
         .await
         .unwrap();
-    let out = idgate(&primary, &[])
+    let out = idgate(&primary, &["serve", "--listen", "127.0.0.1:0"])
         .arg("--database-read-url")
         .arg(idgate_tests::pg::db_url(&empty))
         .output()
