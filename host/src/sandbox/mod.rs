@@ -423,7 +423,12 @@ impl Sandbox {
     }
 
     fn store_cached(&self, component: &Component, file: &Path) {
-        let tmp = file.with_extension(format!("tmp{}", std::process::id()));
+        // A name no other writer uses, in this process or another, so two loads
+        // caching the same entry at once never interleave in one file; the
+        // rename then swaps in a whole file.
+        static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = file.with_extension(format!("tmp{}-{n}", std::process::id()));
         if let Err(e) = component
             .serialize()
             .map_err(anyhow::Error::from)
