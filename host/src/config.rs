@@ -1,6 +1,6 @@
 //! idgate's configuration file (TOML). Host settings are top-level keys and
 //! tables; every other table is a provider block (`[aws]`, `[azure]`, `[gcp]`, or a
-//! drop-in plugin's name) handed to that plugin as JSON on every call.
+//! drop-in plugin's name) handed to that plugin's `configure` as JSON once, at start-up.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

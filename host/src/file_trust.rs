@@ -62,12 +62,15 @@ pub fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
 
 /// Writes `bytes` to `path` as a `0600` file: first to a fresh temporary file in
 /// the same directory (never following a link someone placed there), then renamed
-/// over `path`, so a reader never sees half an entry.
+/// over `path`, so a reader never sees half an entry. The temporary name is one no
+/// other writer uses, in this process or another, so two loads caching the same
+/// entry at once never interleave in one file.
 pub fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tmp{}-{n}", std::process::id()));
     let written = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)

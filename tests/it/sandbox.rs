@@ -418,3 +418,45 @@ fn a_contract_0_1_0_plugin_still_authenticates() {
         .unwrap();
     idgate_tests::refused(old.verify(&strict, &credential, None, 1_780_000_000), "refused");
 }
+
+/// A configuration a plugin refuses is reported once, at start-up, naming the
+/// plugin and the key: `idgate serve` does not start and `idgate verify` exits 2.
+#[test]
+fn the_binary_refuses_to_start_with_a_refused_configuration() {
+    // target/debug/deps/it-<hash> → target/debug/idgate
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().unwrap().parent().unwrap().join("idgate");
+    assert!(
+        bin.is_file(),
+        "{} is missing: build it (cargo xtask test does)",
+        bin.display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("idgate.toml");
+    std::fs::write(&config, "[aws]\nallowed_acounts = [\"111111111111\"]\n").unwrap();
+    let run = |args: &[&str]| {
+        std::process::Command::new(&bin)
+            .arg("--config")
+            .arg(&config)
+            .arg("--plugins")
+            .arg(test_plugin_dir())
+            .arg("--cache-dir")
+            .arg(component_cache_dir())
+            // Never reached: configuring the plugins comes first.
+            .args(["--database-url", "postgres://127.0.0.1:1/none"])
+            .args(args)
+            .env_remove("IDGATE_CONFIG")
+            .stdin(std::fs::File::open(idgate_tests::root().join("examples/aws-request.json")).unwrap())
+            .output()
+            .unwrap()
+    };
+    for args in [&["verify", "aws"][..], &["serve", "--listen", "127.0.0.1:0"][..]] {
+        let out = run(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("aws plugin") && stderr.contains("allowed_acounts"),
+            "{args:?}: {stderr}"
+        );
+    }
+}

@@ -15,8 +15,11 @@ const APSE2_P7: &str = include_str!("../../../tests/data/aws/apse2_2026_rsa2048.
 const DSA_P7: &str = include_str!("../../../tests/data/aws/vault_fullsailor_ec2_dsa_pkcs7.pem");
 const NOW: i64 = 1_780_000_000;
 
+/// Verifies with the default configuration, prepared once as the host does.
 fn verify(credential: serde_json::Value) -> Result<idgate_plugin_kit::Identity, VerifyError> {
-    Aws::configure_and_verify(&TestCrypto, &credential.to_string(), "{}", NOW)
+    static DEFAULTS: std::sync::OnceLock<crate::config::Config> = std::sync::OnceLock::new();
+    let config = DEFAULTS.get_or_init(|| Aws::configure("{}").expect("defaults"));
+    Aws::verify(&TestCrypto, config, &credential.to_string(), NOW)
 }
 
 #[test]

@@ -69,10 +69,12 @@ pub fn verify_pkcs7(crypto: &dyn Crypto, pkcs7: &[u8], config: &Config, now: i64
     // 2. The signer certificate's chain to a pinned root (built-in and
     // configured, prepared by `configure`). Certificates the PKCS#7 carries may
     // serve as intermediates, never as roots.
+    // One already in the store (IMDS sends its issuing CA) needs no second parse.
+    let known = |der: &[u8]| config.store.intermediates.iter().any(|c| c.der == der);
     let carried: Vec<Cert> = signed
         .certificates()
         .iter()
-        .filter(|der| der.as_slice() != signer_der)
+        .filter(|der| der.as_slice() != signer_der && !known(der))
         .filter_map(|der| Cert::parse(der).ok())
         .collect();
     chain::validate_with(crypto, &signer, &config.store, &carried, now)?;
