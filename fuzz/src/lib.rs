@@ -29,6 +29,8 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("pem", targets::pem),
     ("signed_data", targets::signed_data),
     ("aws", targets::aws),
+    ("aws_pkcs7", targets::aws_pkcs7),
     ("azure", targets::azure),
+    ("azure_pkcs7", targets::azure_pkcs7),
     ("gcp", targets::gcp),
 ];

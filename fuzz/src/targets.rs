@@ -96,6 +96,24 @@ pub fn azure(data: &[u8]) {
     plugin::<Azure>(data, config, plugins::AZURE_NOW);
 }
 
+/// The AWS verifier on the input as the DER of an `/rsa2048` or `/pkcs7` PKCS#7, sent
+/// in the credential's `pkcs7` field: mutations reach the CMS structure directly
+/// instead of through its base64 text.
+pub fn aws_pkcs7(data: &[u8]) {
+    let credential = format!(r#"{{"pkcs7": "{}"}}"#, encoding::base64_encode(data));
+    plugin::<Aws>(credential.as_bytes(), plugins::AWS_CONFIG, plugins::AWS_NOW);
+}
+
+/// The Azure verifier on the input as the DER of an attested-data PKCS#7, sent as the
+/// credential's `signature`: mutations reach the certificates and the chain checks.
+pub fn azure_pkcs7(data: &[u8]) {
+    let credential = format!(
+        r#"{{"signature": "{}", "encoding": "pkcs7"}}"#,
+        encoding::base64_encode(data)
+    );
+    plugin::<Azure>(credential.as_bytes(), plugins::AZURE_CONFIG, plugins::AZURE_NOW);
+}
+
 /// The GCP verifier on the input as the credential JSON.
 pub fn gcp(data: &[u8]) {
     static CONFIG: OnceLock<<Gcp as Provider>::Config> = OnceLock::new();

@@ -291,7 +291,16 @@ fn ci() -> Result {
 /// (`fuzz/corpus/<target>`, read only), so a kept crash input fails it again; new inputs go
 /// to `target/fuzz/corpus/<target>`, crashes to `target/fuzz/artifacts/<target>/`.
 fn fuzz(args: &[String]) -> Result {
-    const TARGETS: &[&str] = &["ber", "pem", "signed_data", "aws", "azure", "gcp"];
+    const TARGETS: &[&str] = &[
+        "ber",
+        "pem",
+        "signed_data",
+        "aws",
+        "aws_pkcs7",
+        "azure",
+        "azure_pkcs7",
+        "gcp",
+    ];
     let (mut targets, mut replay, mut limits, mut extra) = (Vec::new(), false, Vec::new(), Vec::new());
     let mut it = args.iter();
     while let Some(arg) = it.next() {
