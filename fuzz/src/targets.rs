@@ -82,18 +82,26 @@ fn aws_keys() -> &'static [Vec<u8>] {
     })
 }
 
+/// AWS configured once per process, as the host configures a plugin once at load.
+fn aws_config() -> &'static <Aws as Provider>::Config {
+    static CONFIG: OnceLock<<Aws as Provider>::Config> = OnceLock::new();
+    CONFIG.get_or_init(|| plugins::configure::<Aws>(plugins::AWS_CONFIG))
+}
+
+/// Azure configured once per process.
+fn azure_config() -> &'static <Azure as Provider>::Config {
+    static CONFIG: OnceLock<<Azure as Provider>::Config> = OnceLock::new();
+    CONFIG.get_or_init(|| plugins::configure::<Azure>(plugins::AZURE_CONFIG))
+}
+
 /// The AWS verifier on the input as the credential JSON.
 pub fn aws(data: &[u8]) {
-    static CONFIG: OnceLock<<Aws as Provider>::Config> = OnceLock::new();
-    let config = CONFIG.get_or_init(|| plugins::configure::<Aws>(plugins::AWS_CONFIG));
-    plugin::<Aws>(data, config, plugins::AWS_NOW);
+    plugin::<Aws>(data, aws_config(), plugins::AWS_NOW);
 }
 
 /// The Azure verifier on the input as the credential JSON.
 pub fn azure(data: &[u8]) {
-    static CONFIG: OnceLock<<Azure as Provider>::Config> = OnceLock::new();
-    let config = CONFIG.get_or_init(|| plugins::configure::<Azure>(plugins::AZURE_CONFIG));
-    plugin::<Azure>(data, config, plugins::AZURE_NOW);
+    plugin::<Azure>(data, azure_config(), plugins::AZURE_NOW);
 }
 
 /// The AWS verifier on the input as the DER of an `/rsa2048` or `/pkcs7` PKCS#7, sent
@@ -101,7 +109,7 @@ pub fn azure(data: &[u8]) {
 /// instead of through its base64 text.
 pub fn aws_pkcs7(data: &[u8]) {
     let credential = format!(r#"{{"pkcs7": "{}"}}"#, encoding::base64_encode(data));
-    plugin::<Aws>(credential.as_bytes(), plugins::AWS_CONFIG, plugins::AWS_NOW);
+    plugin::<Aws>(credential.as_bytes(), aws_config(), plugins::AWS_NOW);
 }
 
 /// The Azure verifier on the input as the DER of an attested-data PKCS#7, sent as the
@@ -111,7 +119,7 @@ pub fn azure_pkcs7(data: &[u8]) {
         r#"{{"signature": "{}", "encoding": "pkcs7"}}"#,
         encoding::base64_encode(data)
     );
-    plugin::<Azure>(credential.as_bytes(), plugins::AZURE_CONFIG, plugins::AZURE_NOW);
+    plugin::<Azure>(credential.as_bytes(), azure_config(), plugins::AZURE_NOW);
 }
 
 /// The GCP verifier on the input as the credential JSON.
