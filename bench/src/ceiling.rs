@@ -578,7 +578,8 @@ fn report(rows: &[Row]) -> String {
          not by this run: `perf record -F 499 --call-graph dwarf,16384 -p <serve-child pid> -- sleep 6` during \
          `cargo run --release -p idgate-bench -- ceiling`, then `perf script | inferno-collapse-perf | \
          inferno-flamegraph`; the unwinder cannot walk through compiled wasm frames, so stacks that enter the \
-         plugin start there).\n\n",
+         plugin start there). It was taken before configured snapshots and inline calls landed; the rows above \
+         are this run's.\n\n",
     );
     md
 }

@@ -255,7 +255,7 @@ fn report(total: usize, runs: &[Run], registered: Duration, minted: Duration) ->
     let p99 = |o: &Outcome| o.quantile(0.99).as_secs_f64();
     let wall = |o: &Outcome| o.elapsed.as_secs_f64();
     md.push_str(
-        "\nidgate's cost per request is flat (plugin verification plus one join that PostgreSQL plans each time), \
+        "\nidgate's cost per request is flat (plugin verification plus one statement on a plan cached per connection), \
          so its p50 and p99 stay close. Most baseline requests (one agent, no history) cost five cheap lookups, \
          which can put its p50 near or below idgate's; its tail is the instances with history, whose dozens to \
          hundreds of statements each queue for the same ten connections.\n",
