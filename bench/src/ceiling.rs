@@ -113,16 +113,7 @@ struct NativeVerifier {
 
 impl NativeVerifier {
     fn configure(file: &FileConfig) -> anyhow::Result<NativeVerifier> {
-        let block = |p: &str| {
-            let mut block = file.provider(p);
-            // The host's key-cache settings are not the plugin's (as in `Authenticator::new`).
-            if let Some(map) = block.as_object_mut() {
-                for key in idgate::jwks::HOST_KEYS {
-                    map.remove(key);
-                }
-            }
-            block.to_string()
-        };
+        let block = |p: &str| idgate::authenticate::plugin_block(file, p).to_string();
         let bad =
             |p: &'static str| move |e: idgate_plugin_kit::VerifyError| anyhow::anyhow!("configuring {p} natively: {e}");
         Ok(NativeVerifier {

@@ -61,6 +61,21 @@ pub trait Verifier: Send + Sync {
     ) -> Pin<Box<dyn Future<Output = Result<Identity, CallError>> + Send + 'a>>;
 }
 
+/// The provider block a plugin is configured with: the operator's `[provider]`
+/// table without the host's own key-cache settings (`jwks_url`, ...), which are
+/// the host's business, not the plugin's.
+pub fn plugin_block(file: &FileConfig, provider: &str) -> serde_json::Value {
+    let mut block = file.provider(provider);
+    if provider == "gcp" {
+        if let Some(map) = block.as_object_mut() {
+            for key in crate::jwks::HOST_KEYS {
+                map.remove(key);
+            }
+        }
+    }
+    block
+}
+
 /// Verifies credentials with the loaded plugins and the operator's configuration.
 pub struct Authenticator {
     sandbox: Arc<Sandbox>,
@@ -82,15 +97,7 @@ impl Authenticator {
         };
         let mut configured = BTreeMap::new();
         for plugin in sandbox.plugins() {
-            let mut block = file.provider(&plugin.provider);
-            if plugin.provider == "gcp" {
-                // The cache's own keys are the host's business, not the plugin's.
-                if let Some(map) = block.as_object_mut() {
-                    for key in crate::jwks::HOST_KEYS {
-                        map.remove(key);
-                    }
-                }
-            }
+            let block = plugin_block(file, &plugin.provider);
             configured.insert(plugin.provider.clone(), sandbox.configure(&plugin.provider, &block)?);
         }
         Ok(Authenticator {

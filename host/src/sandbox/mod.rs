@@ -571,17 +571,29 @@ impl Sandbox {
                 .map(|id| (id.instance_id, id.attributes))
                 .map_err(VerifyError::from),
             Image::PerCall { pre, config } => {
-                let config = with_key_set(config, key_set);
-                self.call(provider, None, |store| {
-                    pre.instantiate(&mut *store)?
-                        .idgate_identity_verify_identity()
-                        .call_verify(store, credential, &config, now)
-                })?
-                .map(|id| (id.instance_id, id.attributes))
-                .map_err(VerifyError::from)
+                self.verify_v0_1(pre, provider, credential, &with_key_set(config, key_set), now)?
             }
         };
         identity(result)
+    }
+
+    /// One call of a 0.1.0 plugin, which takes its configuration on every call.
+    fn verify_v0_1(
+        &self,
+        pre: &since_v0_1_0::ProviderPre<CallState>,
+        provider: &str,
+        credential: &str,
+        config: &str,
+        now: i64,
+    ) -> Result<PluginAnswer, CallError> {
+        Ok(self
+            .call(provider, None, |store| {
+                pre.instantiate(&mut *store)?
+                    .idgate_identity_verify_identity()
+                    .call_verify(store, credential, config, now)
+            })?
+            .map(|id| (id.instance_id, id.attributes))
+            .map_err(VerifyError::from))
     }
 
     /// Configures a fresh instance of `provider`'s plugin with `config` and
@@ -618,13 +630,7 @@ impl Sandbox {
                     (Some(_), Ok(value)) => with_key_set(&value, key_set),
                     _ => config.to_string(),
                 };
-                self.call(provider, None, |store| {
-                    pre.instantiate(&mut *store)?
-                        .idgate_identity_verify_identity()
-                        .call_verify(store, credential, &config, now)
-                })?
-                .map(|id| (id.instance_id, id.attributes))
-                .map_err(VerifyError::from)
+                self.verify_v0_1(pre, provider, credential, &config, now)?
             }
         };
         identity(result)
@@ -729,7 +735,10 @@ impl Sandbox {
 }
 
 /// A plugin's answer as the host's result: an identity needs an instance ID.
-fn identity(result: Result<(String, Vec<(String, String)>), VerifyError>) -> Result<Identity, CallError> {
+/// What a plugin's `verify` answered: the instance ID and attributes, or its refusal.
+type PluginAnswer = Result<(String, Vec<(String, String)>), VerifyError>;
+
+fn identity(result: PluginAnswer) -> Result<Identity, CallError> {
     match result {
         Ok((instance_id, _)) if instance_id.is_empty() => Err(CallError::Rejected(VerifyError::Malformed(
             "the credential carries no instance ID".into(),
