@@ -49,7 +49,11 @@ macro_rules! speak {
                     W::EcdsaP256Sha256 => A::EcdsaP256Sha256,
                     W::EcdsaP384Sha384 => A::EcdsaP384Sha384,
                 };
-                NativeCrypto.verify_signature(algorithm, &spki_der, &message, &signature)
+                // The key and bytes come from the plugin, and calls run inline on the
+                // server's workers: a panic in a bignum library must be this call's
+                // error (a 401 for that request), not an unwound request task.
+                std::panic::catch_unwind(|| NativeCrypto.verify_signature(algorithm, &spki_der, &message, &signature))
+                    .unwrap_or_else(|_| Err("the host's signature check failed on this key".into()))
             }
 
             fn digest(&mut self, algorithm: $m::idgate::identity::crypto::DigestAlgorithm, data: Vec<u8>) -> Vec<u8> {
