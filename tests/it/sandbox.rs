@@ -423,14 +423,7 @@ fn a_contract_0_1_0_plugin_still_authenticates() {
 /// plugin and the key: `idgate serve` does not start and `idgate verify` exits 2.
 #[test]
 fn the_binary_refuses_to_start_with_a_refused_configuration() {
-    // target/debug/deps/it-<hash> → target/debug/idgate
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().unwrap().parent().unwrap().join("idgate");
-    assert!(
-        bin.is_file(),
-        "{} is missing: build it (cargo xtask test does)",
-        bin.display()
-    );
+    let bin = crate::http::idgate_binary();
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("idgate.toml");
     std::fs::write(&config, "[aws]\nallowed_acounts = [\"111111111111\"]\n").unwrap();
