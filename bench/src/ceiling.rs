@@ -113,7 +113,7 @@ struct NativeVerifier {
 
 impl NativeVerifier {
     fn configure(file: &FileConfig) -> anyhow::Result<NativeVerifier> {
-        let block = |p: &str| idgate::authenticate::plugin_block(file, p).to_string();
+        let block = |p: &str| idgate::authenticate::plugin_block(p, file.provider(p)).to_string();
         let bad =
             |p: &'static str| move |e: idgate_plugin_kit::VerifyError| anyhow::anyhow!("configuring {p} natively: {e}");
         Ok(NativeVerifier {

@@ -62,10 +62,9 @@ pub trait Verifier: Send + Sync {
 }
 
 /// The provider block a plugin is configured with: the operator's `[provider]`
-/// table without the host's own key-cache settings (`jwks_url`, ...), which are
-/// the host's business, not the plugin's.
-pub fn plugin_block(file: &FileConfig, provider: &str) -> serde_json::Value {
-    let mut block = file.provider(provider);
+/// table (`block`) without the host's own key-cache settings (`jwks_url`, ...),
+/// which are the host's business, not the plugin's.
+pub fn plugin_block(provider: &str, mut block: serde_json::Value) -> serde_json::Value {
     if provider == "gcp" {
         if let Some(map) = block.as_object_mut() {
             for key in crate::jwks::HOST_KEYS {
@@ -97,7 +96,7 @@ impl Authenticator {
         };
         let mut configured = BTreeMap::new();
         for plugin in sandbox.plugins() {
-            let block = plugin_block(file, &plugin.provider);
+            let block = plugin_block(&plugin.provider, file.provider(&plugin.provider));
             configured.insert(plugin.provider.clone(), sandbox.configure(&plugin.provider, &block)?);
         }
         Ok(Authenticator {
@@ -178,5 +177,21 @@ impl Authenticator {
             }
             other => other.map_err(AuthError::Call),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plugin_block_leaves_out_the_host_key_cache_settings() {
+        use serde_json::json;
+        let gcp = json!({"audience": "a", "jwks_url": "https://x", "jwks_file": "/f", "jwks_min_refresh_secs": 5, "skew_secs": 3});
+        assert_eq!(plugin_block("gcp", gcp), json!({"audience": "a", "skew_secs": 3}));
+        // Only gcp's key-cache settings are the host's.
+        let aws = json!({"jwks_url": "kept"});
+        assert_eq!(plugin_block("aws", aws.clone()), aws);
+        assert_eq!(plugin_block("gcp", json!({})), json!({}));
     }
 }

@@ -4,7 +4,7 @@
 //! file for offline use), caches it for as long as the response's `Cache-Control:
 //! max-age` (or `Expires`) allows, and hands it to the plugin on every call
 //! through the contract's `host-keys` import (to a 0.1.0 plugin: as the `jwks`
-//! member of its configuration, [`KeyCache::inject`]).
+//! member of its configuration, which the sandbox adds).
 //!
 //! Flow per request (see `authenticate.rs`): [`KeyCache::key_set`] → plugin. If the plugin answers `untrusted-signer` with [`UNKNOWN_KID_MARKER`] in
 //! its reason (Google rotated in a key since the last fetch),
@@ -21,7 +21,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 /// Where Google publishes the keys that sign identity tokens.
 pub const DEFAULT_JWKS_URL: &str = "https://www.googleapis.com/oauth2/v3/certs";
@@ -219,17 +219,6 @@ impl KeyCache {
                 false
             }
         }
-    }
-
-    /// The plugin's configuration: the `[gcp]` block without the host's keys,
-    /// plus `"jwks": keys`, as JSON text.
-    pub fn inject(gcp_block: &Value, keys: Value) -> String {
-        let mut config: Map<String, Value> = gcp_block.as_object().cloned().unwrap_or_default();
-        for key in HOST_KEYS {
-            config.remove(key);
-        }
-        config.insert("jwks".into(), keys);
-        Value::Object(config).to_string()
     }
 
     /// The cached set if it does not need refreshing yet.
@@ -507,15 +496,6 @@ mod tests {
         ] {
             assert!(normalize(bad.clone()).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn inject_strips_host_keys() {
-        let block = json!({"audience": "a", "jwks_url": "https://x", "jwks_file": "/f", "jwks_min_refresh_secs": 5, "skew_secs": 3});
-        let config: Value = serde_json::from_str(&KeyCache::inject(&block, json!({"keys": []}))).unwrap();
-        assert_eq!(config, json!({"audience": "a", "skew_secs": 3, "jwks": {"keys": []}}));
-        let config: Value = serde_json::from_str(&KeyCache::inject(&json!({}), json!({"keys": [1]}))).unwrap();
-        assert_eq!(config, json!({"jwks": {"keys": [1]}}));
     }
 
     #[test]

@@ -30,6 +30,14 @@ fn verify(token: &str, config: &Value, now: i64) -> Result<Identity, CallError> 
     idgate_tests::sandbox().verify_configuring("gcp", &credential, &config.to_string(), None, now)
 }
 
+/// As the host verifies: the `[gcp]` block as the plugin is configured with it
+/// (`authenticate::plugin_block`), and the cache's key set through `host-keys`.
+fn verify_with_keys(token: &str, block: &Value, key_set: &Value, now: i64) -> Result<Identity, CallError> {
+    let config = idgate::authenticate::plugin_block("gcp", block.clone());
+    let credential = json!({ "json_web_token": token }).to_string();
+    idgate_tests::sandbox().verify_configuring("gcp", &credential, &config.to_string(), Some(&key_set.to_string()), now)
+}
+
 fn genuine_token() -> String {
     idgate_tests::read_data("gcp/infisical_gce_full_2024.jwt")
         .trim()
@@ -638,19 +646,21 @@ async fn unknown_kid_refreshes_exactly_once_and_then_verifies() {
     let block = json!({ "audience": "coder", "jwks_url": server.url() });
     let token = keys.b.sign(Algorithm::RS256, &claims());
 
-    let config: Value = serde_json::from_str(&KeyCache::inject(&block, cache.key_set().await.unwrap())).unwrap();
+    let key_set = cache.key_set().await.unwrap();
     assert_eq!(server.hits(), 1);
-    let reason = refused(verify(&token, &config, NOW), "untrusted-signer");
+    let reason = refused(verify_with_keys(&token, &block, &key_set, NOW), "untrusted-signer");
     assert!(reason.contains(UNKNOWN_KID_MARKER), "{reason}");
 
     // Google rotated key b in.
     server.serve(200, &json!({ "keys": [keys.a.jwk(), keys.b.jwk()] }));
     assert!(cache.refresh_for_unknown_kid().await);
     assert_eq!(server.hits(), 2, "exactly one refresh");
-    let config: Value = serde_json::from_str(&KeyCache::inject(&block, cache.key_set().await.unwrap())).unwrap();
+    let key_set = cache.key_set().await.unwrap();
     assert_eq!(server.hits(), 2, "the refreshed set is cached");
-    assert!(config.get("jwks_url").is_none());
-    assert_eq!(verify(&token, &config, NOW).unwrap().instance_id, "4242424242424242424");
+    assert_eq!(
+        verify_with_keys(&token, &block, &key_set, NOW).unwrap().instance_id,
+        "4242424242424242424"
+    );
 }
 
 #[tokio::test]
@@ -735,8 +745,8 @@ async fn offline_key_file_verifies_the_genuine_token() {
     for file in [set, single] {
         let block = json!({ "audience": GENUINE_AUD, "jwks_file": file });
         let cache = KeyCache::from_config(&block).unwrap();
-        let config: Value = serde_json::from_str(&KeyCache::inject(&block, cache.key_set().await.unwrap())).unwrap();
-        let id = verify(&genuine_token(), &config, GENUINE_NOW).unwrap();
+        let key_set = cache.key_set().await.unwrap();
+        let id = verify_with_keys(&genuine_token(), &block, &key_set, GENUINE_NOW).unwrap();
         assert_eq!(id.instance_id, "8418160715288427941");
     }
 }

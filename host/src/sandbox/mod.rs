@@ -858,3 +858,19 @@ fn root_cause(e: &wasmtime::Error) -> String {
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_0_1_0_plugin_gets_the_host_key_set_as_jwks_in_its_configuration() {
+        let config: serde_json::Value =
+            serde_json::from_str(&with_key_set(&json!({"audience": "a"}), Some(r#"{"keys": []}"#))).unwrap();
+        assert_eq!(config, json!({"audience": "a", "jwks": {"keys": []}}));
+        // No key set (or an unreadable one): the configuration as it is.
+        assert_eq!(with_key_set(&json!({"audience": "a"}), None), r#"{"audience":"a"}"#);
+        assert_eq!(with_key_set(&json!({}), Some("not json")), "{}");
+    }
+}
