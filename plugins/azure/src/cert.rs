@@ -1,6 +1,7 @@
 //! The parts of an X.509 certificate that path validation and the signer-name
 //! check need, decoded once.
 
+use der::asn1::ObjectIdentifier;
 use der::asn1::{Ia5StringRef, PrintableStringRef, Utf8StringRef};
 use der::{Decode, Encode, Tag, Tagged};
 use idgate_plugin_kit::ber;
@@ -10,25 +11,27 @@ use x509_cert::ext::pkix::{BasicConstraints, KeyUsage, SubjectAltName};
 use x509_cert::name::Name;
 use x509_cert::Certificate;
 
-const ID_CE_BASIC_CONSTRAINTS: &str = "2.5.29.19";
-const ID_CE_KEY_USAGE: &str = "2.5.29.15";
-const ID_CE_SUBJECT_ALT_NAME: &str = "2.5.29.17";
+const ID_CE_BASIC_CONSTRAINTS: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.19");
+const ID_CE_KEY_USAGE: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.15");
+const ID_CE_SUBJECT_ALT_NAME: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.17");
 /// Extensions we either process or that carry no constraint we must enforce:
 /// SKI, AKI, EKU, certificatePolicies, CRL distribution points, AIA, SCTs.
 /// Any other extension marked critical makes the certificate unusable (RFC 5280 4.2).
-const UNDERSTOOD: [&str; 10] = [
+/// (OIDs are compared as OIDs: formatting them to text was a visible share of
+/// a verification in the profile.)
+const UNDERSTOOD: [ObjectIdentifier; 10] = [
     ID_CE_BASIC_CONSTRAINTS,
     ID_CE_KEY_USAGE,
     ID_CE_SUBJECT_ALT_NAME,
-    "2.5.29.14",
-    "2.5.29.35",
-    "2.5.29.37",
-    "2.5.29.32",
-    "2.5.29.31",
-    "1.3.6.1.5.5.7.1.1",
-    "1.3.6.1.4.1.11129.2.4.2",
+    ObjectIdentifier::new_unwrap("2.5.29.14"),
+    ObjectIdentifier::new_unwrap("2.5.29.35"),
+    ObjectIdentifier::new_unwrap("2.5.29.37"),
+    ObjectIdentifier::new_unwrap("2.5.29.32"),
+    ObjectIdentifier::new_unwrap("2.5.29.31"),
+    ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.1.1"),
+    ObjectIdentifier::new_unwrap("1.3.6.1.4.1.11129.2.4.2"),
 ];
-const ID_AT_COMMON_NAME: &str = "2.5.4.3";
+const ID_AT_COMMON_NAME: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.4.3");
 
 /// A decoded certificate.
 #[derive(Debug, Clone)]
@@ -102,9 +105,8 @@ impl Cert {
             unknown_critical: None,
         };
         for ext in tbs_cert.extensions.iter().flatten() {
-            let oid = ext.extn_id.to_string();
             let value = ext.extn_value.as_bytes();
-            match oid.as_str() {
+            match ext.extn_id {
                 ID_CE_BASIC_CONSTRAINTS => {
                     let bc = BasicConstraints::from_der(value).map_err(|e| format!("basicConstraints: {e}"))?;
                     out.basic_constraints = Some((bc.ca, bc.path_len_constraint));
@@ -124,7 +126,7 @@ impl Cert {
                         })
                         .collect();
                 }
-                _ if ext.critical && !UNDERSTOOD.contains(&oid.as_str()) => out.unknown_critical = Some(oid),
+                oid if ext.critical && !UNDERSTOOD.contains(&oid) => out.unknown_critical = Some(oid.to_string()),
                 _ => {}
             }
         }
@@ -165,7 +167,7 @@ fn common_names(name: &Name) -> Vec<String> {
     let mut out = Vec::new();
     for rdn in name.0.iter() {
         for atv in rdn.0.iter() {
-            if atv.oid.to_string() != ID_AT_COMMON_NAME {
+            if atv.oid != ID_AT_COMMON_NAME {
                 continue;
             }
             let v = &atv.value;
