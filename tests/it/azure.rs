@@ -316,6 +316,36 @@ fn expired_test_certificate_is_named() {
     assert!(why.contains("'metadata.azure.com'"), "{why}");
 }
 
+#[test]
+fn unknown_critical_extension_makes_a_certificate_unusable() {
+    // RFC 5280 4.2: a critical extension the verifier does not understand.
+    let root = TestCa::root("idgate test root");
+    let key = rcgen_key(2);
+    let name = "metadata.azure.com";
+    let mut p = params(name, vec![name.to_string()], None);
+    let mut ext = rcgen::CustomExtension::from_oid_content(&[1, 3, 6, 1, 4, 1, 55555, 1], vec![0x05, 0x00]);
+    ext.set_criticality(true);
+    p.custom_extensions = vec![ext];
+    let cert = p.signed_by(&key, &root.cert, &root.key).unwrap();
+    let leaf = TestCa::new(cert, key, 2);
+    let p7 = leaf.pkcs7(document(NOW), &[]);
+    let why = refused(verify_der(&p7, &root.roots_config(), NOW), "untrusted-signer");
+    assert!(
+        why.contains("unsupported critical extension 1.3.6.1.4.1.55555.1"),
+        "{why}"
+    );
+    // The same extension, not critical, is ignored.
+    let key = rcgen_key(2);
+    let mut p = params(name, vec![name.to_string()], None);
+    p.custom_extensions = vec![rcgen::CustomExtension::from_oid_content(
+        &[1, 3, 6, 1, 4, 1, 55555, 1],
+        vec![0x05, 0x00],
+    )];
+    let cert = p.signed_by(&key, &root.cert, &root.key).unwrap();
+    let leaf = TestCa::new(cert, key, 2);
+    assert!(verify_der(&leaf.pkcs7(document(NOW), &[]), &root.roots_config(), NOW).is_ok());
+}
+
 // ---------------------------------------------------------------------------
 // Test PKI: RSA keys (rsa crate) in rcgen certificates; PKCS#7 assembled with `cms` types.
 
