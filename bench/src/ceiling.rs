@@ -538,39 +538,56 @@ fn report(rows: &[Row]) -> String {
             fmt(r.cpu.idgate + r.cpu.postgres)
         );
     }
-    // Where idgate's share goes, by difference between the modes (AWS, 256 clients).
+    // Where each provider's authentication spends idgate's CPU, by difference
+    // between the modes (256 clients). The resolution and the HTTP floor do not
+    // depend on the provider, so AWS's no-op-verification row serves all three.
     let at = |mode: Mode, provider: &str| {
         rows.iter()
             .find(|r| r.mode == mode && r.provider == provider && r.clients == CLIENTS)
             .map(|r| r.cpu)
     };
-    if let (Some(real), Some(native), Some(no_verify), Some(floor)) = (
-        at(Mode::Real, "aws"),
-        at(Mode::Native, "aws"),
-        at(Mode::NoVerify, "aws"),
-        at(Mode::Floor, "aws"),
-    ) {
+    if let (Some(no_verify), Some(floor)) = (at(Mode::NoVerify, "aws"), at(Mode::Floor, "aws")) {
         let minus = |a: Duration, b: Duration| fmt(a.saturating_sub(b));
         let _ = writeln!(
             md,
-            "\nAWS, by difference between the modes ({CLIENTS} clients; each a difference of two noisy \
-             measurements): HTTP, body, audit line and metrics (the floor) {} in idgate; the resolution \
-             (no-op verification − floor) {} in idgate + {} in PostgreSQL; verification in the sandbox (idgate − \
-             no-op verification) {}, of which the sandbox itself (idgate − native) {}.",
-            fmt(floor.idgate),
-            minus(no_verify.idgate, floor.idgate),
-            minus(no_verify.postgres, floor.postgres),
-            minus(real.idgate, no_verify.idgate),
-            minus(real.idgate, native.idgate),
+            "\n### Where one authentication's CPU goes ({CLIENTS} clients)\n\n\
+             By difference between the modes above, so each cell is a difference of two noisy measurements. \
+             *HTTP* is the floor (body, JSON, audit line, metrics); *resolution* is no-op verification − floor \
+             (AWS's row: it does not depend on the provider); *verification* is no-op resolution − floor; \
+             *the sandbox's share* is idgate − native verification.\n\n\
+             | provider | HTTP (idgate) | resolution (idgate) | resolution (PostgreSQL) | verification (idgate) | \
+             of which the sandbox | idgate total |\n|---|---|---|---|---|---|---|"
         );
+        for provider in ["aws", "azure", "gcp"] {
+            let (Some(real), Some(native), Some(no_resolve)) = (
+                at(Mode::Real, provider),
+                at(Mode::Native, provider),
+                at(Mode::NoResolve, provider),
+            ) else {
+                continue;
+            };
+            let _ = writeln!(
+                md,
+                "| {provider} | {} | {} | {} | {} | {} | {} |",
+                fmt(floor.idgate),
+                minus(no_verify.idgate, floor.idgate),
+                fmt(no_verify.postgres),
+                minus(no_resolve.idgate, floor.idgate),
+                minus(real.idgate, native.idgate),
+                fmt(real.idgate),
+            );
+        }
     }
     md.push_str(
         "\nA CPU profile of the real mode under this load, AWS: `bench/charts/profile-aws.svg` (made by hand, \
-         not by this run: `perf record -F 499 --call-graph dwarf,16384 -p <serve-child pid> -- sleep 6` during \
-         `cargo run --release -p idgate-bench -- ceiling`, then `perf script | inferno-collapse-perf | \
-         inferno-flamegraph`; the unwinder cannot walk through compiled wasm frames, so stacks that enter the \
-         plugin start there). It was taken before configured snapshots and inline calls landed; the rows above \
-         are this run's.\n\n",
+         not by this run, on 2026-11-29 after configured snapshots, inline calls and the profile-led cuts in the \
+         Azure verifier: `IDGATE_WASM_PERFMAP=1 cargo run --release -p idgate-bench -- ceiling` while \
+         `perf record -F 499 --call-graph dwarf,16384 -p <serve-child pid> -- sleep 4` ran on the first server \
+         child once it served, then `perf script --no-inline | inferno-collapse-perf | inferno-flamegraph`). \
+         The perf map names the plugins' compiled functions; the unwinder cannot walk through them, so stacks \
+         that enter the plugin start there. For where a sandboxed call's own time goes, profile it alone: \
+         `IDGATE_WASM_PERFMAP=1 perf record -F 4999 target/release/idgate-bench profile-sandbox aws 8` \
+         (`aws`, `azure`, `gcp`, or `echo` for the trivial call).\n\n",
     );
     md
 }

@@ -129,6 +129,13 @@ fn main() -> anyhow::Result<()> {
         print!("{}", sandbox_costs::run(&env));
         return Ok(());
     }
+    // `-- profile-sandbox PROVIDER SECONDS`: verify that provider's genuine
+    // credential in a loop, for `perf record` (with IDGATE_WASM_PERFMAP=1).
+    if args.first().map(String::as_str) == Some("profile-sandbox") {
+        let provider = args.get(1).map_or("aws", String::as_str);
+        let secs = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(5.0);
+        return sandbox_costs::profile(&env, provider, secs);
+    }
     const SECTIONS: [&str; 2] = ["statements", "ceiling"];
     if let Some(unknown) = args.iter().find(|a| !SECTIONS.contains(&a.as_str())) {
         anyhow::bail!(

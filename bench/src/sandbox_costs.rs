@@ -42,6 +42,42 @@ pub fn run(env: &Env) -> String {
     md
 }
 
+/// Verifies `provider`'s genuine credential in the sandbox, in a loop, for
+/// `secs` seconds: a steady workload for a sampling profiler.
+pub fn profile(env: &Env, provider: &str, secs: f64) -> anyhow::Result<()> {
+    let cases = cases(env);
+    // `echo`: the fixture's trivial call, the fixed cost of a fresh instance.
+    let (plugin, credential, config, key_set, now) = match cases.iter().find(|c| c.provider == provider) {
+        Some(c) => (
+            provider,
+            c.credential.as_str(),
+            c.config.clone(),
+            c.key_set.as_deref(),
+            c.now,
+        ),
+        None if provider == "echo" => ("misbehave", "\"echo\"", json!({}), None, 0),
+        None => anyhow::bail!("no genuine case for {provider:?}"),
+    };
+    // A cache, so a second run's profile shows calls, not compilation.
+    let cache = std::env::temp_dir().join("idgate-bench-profile-cache");
+    let sandbox = Sandbox::load(&env.plugin_dir, Some(&cache), Limits::default())?;
+    let configured = sandbox.configure(plugin, &config)?;
+    let until = Instant::now() + Duration::from_secs_f64(secs);
+    let mut calls = 0u64;
+    let started = Instant::now();
+    while Instant::now() < until {
+        sandbox
+            .verify(&configured, credential, key_set, now)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        calls += 1;
+    }
+    eprintln!(
+        "{calls} {provider} verifications, {:.1} µs each",
+        started.elapsed().as_secs_f64() * 1e6 / calls as f64
+    );
+    Ok(())
+}
+
 /// A genuine credential for one provider, checkable natively and in the sandbox.
 struct Case {
     provider: &'static str,

@@ -776,6 +776,11 @@ fn new_engine(limits: &Limits) -> anyhow::Result<Engine> {
     // snapshot, the parsed configuration — instead of a copy of its data
     // segments, so a call only pays for the pages it writes.
     config.memory_init_cow(true);
+    // `IDGATE_WASM_PERFMAP=1` writes /tmp/perf-<pid>.map so `perf` can name the
+    // plugins' compiled functions (a profiling aid; off by default).
+    if std::env::var_os("IDGATE_WASM_PERFMAP").is_some_and(|v| v == "1") {
+        config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
     if limits.pooling {
         let mut pool = wasmtime::PoolingAllocationConfig::new();
         // Slots for every call that can run at once, with room for synchronous
