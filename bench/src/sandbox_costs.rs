@@ -35,6 +35,7 @@ pub fn run(env: &Env) -> String {
         ..Limits::default()
     });
     per_call(&pooled, &on_demand, &cases, &mut md);
+    wasi_imports(env, &pooled, &cache, &mut md);
     dispatch(env, &cache, &mut md);
     crypto_import(&pooled, &mut md);
     wasm_tax(&pooled, &cases, &mut md);
@@ -287,6 +288,42 @@ fn per_call(pooled: &Sandbox, on_demand: &Sandbox, cases: &[Case], md: &mut Stri
         );
     }
     md.push('\n');
+}
+
+/// The trivial call with the fixture's WASI imports linked as host traps (as
+/// cargo builds it) against made local traps (as `cargo xtask plugins` ships
+/// the providers).
+fn wasi_imports(env: &Env, pooled: &Sandbox, cache: &std::path::Path, md: &mut String) {
+    let dir = env.plugin_dir.with_file_name("test-plugins-stubbed");
+    let stubbed = Sandbox::load(&dir, Some(cache), Limits::default()).expect("load the stubbed fixture");
+    let linked = pooled.configure("misbehave", &json!({})).expect("configure");
+    let local = stubbed.configure("misbehave", &json!({})).expect("configure");
+    let (a, b) = side_by_side(
+        15,
+        400,
+        || {
+            pooled.verify(&linked, "\"echo\"", None, 0).expect("echo");
+        },
+        || {
+            stubbed.verify(&local, "\"echo\"", None, 0).expect("echo");
+        },
+    );
+    let _ = writeln!(
+        md,
+        "### WASI imports the plugin never needs: host-linked traps vs local traps\n\n\
+         Rust's std for wasm32-wasip2 imports WASI functions (stdio, environment, exit, terminals) that a plugin \
+         never calls on a successful path. The host links each as a trap, but every instantiation still wires \
+         each import. `cargo xtask plugins` makes them local `unreachable` functions in the providers it \
+         builds (`xtask/src/wasi_stubs.rs`); calling one still traps. Trivial `verify` of the fixture, fresh \
+         instance from the snapshot, pooling:\n\n\
+         | imports | per call |\n|---|---|\n\
+         | as cargo builds it (WASI linked as host traps) | {} |\n\
+         | local traps | {} |\n\
+         | ratio (host-linked / local) | {} |\n",
+        a.show(),
+        b.show(),
+        ratio(&b, &a)
+    );
 }
 
 /// Calls per second from async code, 64 tasks on a two-worker runtime sharing

@@ -8,7 +8,10 @@ use std::time::{Duration, Instant};
 
 use idgate::sandbox::{CallError, Configured, FaultKind, Limits, Sandbox};
 use idgate_plugin_kit::VerifyError;
-use idgate_tests::{component_cache_dir, read_data, sandbox, test_limits, test_plugin_dir, test_plugin_dir_0_1_0};
+use idgate_tests::{
+    component_cache_dir, read_data, sandbox, test_limits, test_plugin_dir, test_plugin_dir_0_1_0,
+    test_plugin_dir_stubbed,
+};
 use serde_json::json;
 
 /// The misbehaving fixture, configured once (snapshotted) with `{"k":1}`.
@@ -104,6 +107,35 @@ fn no_filesystem_environment_or_clock() {
         );
     }
     assert_still_serving();
+}
+
+#[test]
+fn wasi_made_local_traps_still_traps_and_imports_nothing() {
+    // What `cargo xtask plugins` does to the providers: the fixture so built
+    // imports no WASI beyond random, and reaching for a file, the environment
+    // or the clock still traps, failing only that call.
+    let s = Sandbox::load(&test_plugin_dir_stubbed(), Some(&component_cache_dir()), test_limits()).unwrap();
+    let wasm = std::fs::read(test_plugin_dir_stubbed().join("misbehave.wasm")).unwrap();
+    let engine = wasmtime::Engine::new(wasmtime::Config::new().wasm_component_model(true)).unwrap();
+    let component = wasmtime::component::Component::new(&engine, &wasm).unwrap();
+    let imports: Vec<String> = component
+        .component_type()
+        .imports(&engine)
+        .map(|(name, _)| name.to_string())
+        .collect();
+    assert!(
+        imports
+            .iter()
+            .all(|i| i.starts_with("idgate:identity/") || i.starts_with("wasi:random/")),
+        "{imports:?}"
+    );
+    let configured = s.configure("misbehave", &json!({"k": 1})).unwrap();
+    for what in ["file", "env", "clock"] {
+        let result = s.verify(&configured, &format!("\"{what}\""), None, 1_700_000_000);
+        assert_fault(result, FaultKind::Trap);
+    }
+    let id = s.verify(&configured, "\"echo\"", None, 1_700_000_000).unwrap();
+    assert_eq!(id.instance_id, "{\"k\":1}");
 }
 
 #[test]

@@ -45,6 +45,12 @@ pub fn test_plugin_dir_0_1_0() -> PathBuf {
     target_dir().join("test-plugins-0.1.0")
 }
 
+/// Where `cargo xtask plugins` puts the misbehaving fixture with its WASI
+/// imports made local traps, as the providers are built.
+pub fn test_plugin_dir_stubbed() -> PathBuf {
+    target_dir().join("test-plugins-stubbed")
+}
+
 /// Where compiled components are cached between test runs.
 pub fn component_cache_dir() -> PathBuf {
     target_dir().join("component-cache")

@@ -2,7 +2,9 @@
 //!
 //! - `plugins [NAME..]` builds provider plugins (default: all, plus the test
 //!   fixtures) for wasm32-wasip2 and installs them into `target/plugins/` (real
-//!   providers) and `target/test-plugins/` (real providers and fixtures).
+//!   providers) and `target/test-plugins/` (real providers and fixtures). Real
+//!   providers get local traps for the WASI imports they never need
+//!   (`wasi_stubs.rs`); fixtures are left as cargo builds them.
 //! - `build` builds the plugins and the release host.
 //! - `run [ARGS..]` builds, then runs `idgate serve` on the built plugins
 //!   (extra arguments go to `serve`).
@@ -14,6 +16,8 @@
 //! - `fuzz <TARGET..|--all> [--time S] [--runs N] [-- ARGS..]` runs libFuzzer targets of
 //!   `fuzz/` on the stable toolchain; `fuzz --replay` runs every committed corpus once
 //!   (see fuzz/README.md).
+
+mod wasi_stubs;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -104,11 +108,14 @@ fn plugins(names: &[String]) -> Result {
             .collect::<Result<_>>()?
     };
     ensure_wasm_target()?;
+    // Fixtures as cargo builds them; real providers one by one in `stubbed_component`.
     let mut args = vec!["build", "--release", "--target", WASM_TARGET];
-    for (_, package, _) in &chosen {
+    for (_, package, _) in chosen.iter().filter(|(_, _, fixture)| *fixture) {
         args.extend(["-p", package]);
     }
-    cargo(&args)?;
+    if args.len() > 4 {
+        cargo(&args)?;
+    }
     let built = target_dir().join(WASM_TARGET).join("release");
     let real = target_dir().join("plugins");
     let test = target_dir().join("test-plugins");
@@ -117,23 +124,56 @@ fn plugins(names: &[String]) -> Result {
     }
     for &(short, package, fixture) in &chosen {
         let file = built.join(format!("{}.wasm", package.replace('-', "_")));
+        let component = if fixture {
+            std::fs::read(&file).map_err(|e| format!("reading {}: {e}", file.display()))?
+        } else {
+            stubbed_component(package, &file)?
+        };
         let mut dests = vec![test.join(format!("{short}.wasm"))];
         if !fixture {
             dests.push(real.join(format!("{short}.wasm")));
         }
         for dest in dests {
-            std::fs::copy(&file, &dest)
-                .map_err(|e| format!("copying {} to {}: {e}", file.display(), dest.display()))?;
+            std::fs::write(&dest, &component).map_err(|e| format!("writing {}: {e}", dest.display()))?;
         }
         eprintln!("installed {short}.wasm");
     }
     if chosen.iter().any(|(short, _, _)| *short == "misbehave") {
         impersonating_fixture(&built)?;
+        // The fixture with local WASI traps too, so the benchmarks can measure
+        // what the imports cost and the tests that local traps still trap.
+        let file = built.join("idgate_fixture_misbehave.wasm");
+        let dest = target_dir().join("test-plugins-stubbed").join("misbehave.wasm");
+        std::fs::create_dir_all(dest.parent().unwrap()).map_err(|e| format!("creating {}: {e}", dest.display()))?;
+        let component = stubbed_component("idgate-fixture-misbehave", &file)?;
+        std::fs::write(&dest, component).map_err(|e| format!("writing {}: {e}", dest.display()))?;
     }
     if chosen.iter().any(|(short, _, _)| *short == "aws") {
         contract_0_1_plugin(&built)?;
     }
     Ok(())
+}
+
+/// `package` as a component whose unused WASI imports are local traps: links
+/// its core module (`--skip-wit-component`), rewrites it and makes the
+/// component here. `file` is where cargo leaves the linked module.
+fn stubbed_component(package: &str, file: &Path) -> Result<Vec<u8>> {
+    cargo(&[
+        "rustc",
+        "--quiet",
+        "--release",
+        "--target",
+        WASM_TARGET,
+        "-p",
+        package,
+        "--",
+        "-C",
+        "link-arg=--skip-wit-component",
+    ])?;
+    let core = std::fs::read(file).map_err(|e| format!("reading {}: {e}", file.display()))?;
+    let (component, stubs) = wasi_stubs::componentize(&core).map_err(|e| format!("{package}: {e}"))?;
+    eprintln!("{package}: {stubs} unused WASI imports made local traps");
+    Ok(component)
 }
 
 /// Adds the plugins' target when the toolchain lacks it, so the README's commands are the
@@ -220,7 +260,6 @@ fn variant(built: &Path, package: &str, features: &str, dest: &Path) -> Result {
         std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     }
     let file = built.join(format!("{}.wasm", package.replace('-', "_")));
-    let keep = std::fs::read(&file).map_err(|e| format!("reading {}: {e}", file.display()))?;
     cargo(&[
         "build",
         "--release",
@@ -231,8 +270,9 @@ fn variant(built: &Path, package: &str, features: &str, dest: &Path) -> Result {
         "--features",
         features,
     ])?;
+    // Copied, never written back: cargo hard-links this file to its own
+    // artifact, so writing to it would change what cargo thinks it built.
     std::fs::copy(&file, dest).map_err(|e| format!("copying {} to {}: {e}", file.display(), dest.display()))?;
-    std::fs::write(&file, keep).map_err(|e| format!("restoring {}: {e}", file.display()))?;
     Ok(())
 }
 
