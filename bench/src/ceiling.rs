@@ -580,8 +580,8 @@ fn report(rows: &[Row]) -> String {
     }
     md.push_str(
         "\nA CPU profile of the real mode under this load, AWS: `bench/charts/profile-aws.svg` (made by hand, \
-         not by this run, on 2026-11-29 after configured snapshots, inline calls and the profile-led cuts in the \
-         Azure verifier: `IDGATE_WASM_PERFMAP=1 cargo run --release -p idgate-bench -- ceiling` while \
+         not by this run, on 2026-11-29 after configured snapshots, inline calls, the profile-led cuts in the \
+         Azure verifier and the providers' local WASI traps: `IDGATE_WASM_PERFMAP=1 cargo run --release -p idgate-bench -- ceiling` while \
          `perf record -F 499 --call-graph dwarf,16384 -p <serve-child pid> -- sleep 4` ran on the first server \
          child once it served, then `perf script --no-inline | inferno-collapse-perf | inferno-flamegraph`). \
          The perf map names the plugins' compiled functions; the unwinder cannot walk through them, so stacks \
