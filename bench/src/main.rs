@@ -7,7 +7,7 @@
 //! It starts its own PostgreSQL in a temporary directory.
 //!
 //! `cargo run --release -p idgate-bench -- SECTION...` runs only the named
-//! sections (`statements`, `ceiling`) and prints their Markdown instead of
+//! sections (`statements`, `storm`, `ceiling`) and prints their Markdown instead of
 //! writing `BENCHMARKS.md` (plugins must have been built).
 
 mod baseline;
@@ -136,7 +136,7 @@ fn main() -> anyhow::Result<()> {
         let secs = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(5.0);
         return sandbox_costs::profile(&env, provider, secs);
     }
-    const SECTIONS: [&str; 2] = ["statements", "ceiling"];
+    const SECTIONS: [&str; 3] = ["statements", "storm", "ceiling"];
     if let Some(unknown) = args.iter().find(|a| !SECTIONS.contains(&a.as_str())) {
         anyhow::bail!(
             "unknown section {unknown:?}: run all of them with no argument, or name `sandbox` or some of {SECTIONS:?}"
@@ -207,6 +207,10 @@ fn only(env: &Env, scratch: &std::path::Path, sections: &[String]) -> anyhow::Re
     for section in sections {
         match section.as_str() {
             "statements" => out.push_str(&statements::run(&rt, &pg)?.0),
+            "storm" => {
+                let http = make_http(env, scratch)?;
+                out.push_str(&storm::run(&rt, &pg, &http)?.0);
+            }
             "ceiling" => {
                 let http = make_http(env, scratch)?;
                 out.push_str(&ceiling::run(&rt, &pg, &http, scratch)?.0);
