@@ -109,11 +109,12 @@ fn plugins(names: &[String]) -> Result {
     };
     ensure_wasm_target()?;
     // Fixtures as cargo builds them; real providers one by one in `stubbed_component`.
-    let mut args = vec!["build", "--release", "--target", WASM_TARGET];
-    for (_, package, _) in chosen.iter().filter(|(_, _, fixture)| *fixture) {
-        args.extend(["-p", package]);
-    }
-    if args.len() > 4 {
+    let fixtures: Vec<&str> = chosen.iter().filter(|p| p.2).map(|p| p.1).collect();
+    if !fixtures.is_empty() {
+        let mut args = vec!["build", "--release", "--target", WASM_TARGET];
+        for package in fixtures {
+            args.extend(["-p", package]);
+        }
         cargo(&args)?;
     }
     let built = target_dir().join(WASM_TARGET).join("release");
