@@ -442,6 +442,9 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
             problems.push(format!("plugin {provider:?} is configured but not loaded"));
         }
     }
+    for (provider, reason) in state.auth.unconfigured() {
+        problems.push(format!("plugin {provider:?} is not serving: {reason}"));
+    }
     if state.auth.sandbox().plugins().is_empty() {
         problems.push("no plugins are loaded".to_string());
     }

@@ -79,6 +79,10 @@ pub fn plugin_block(provider: &str, mut block: serde_json::Value) -> serde_json:
 pub struct Authenticator {
     sandbox: Arc<Sandbox>,
     configured: BTreeMap<String, Configured>,
+    /// Plugins with no block in the configuration file that refused the empty
+    /// one, with the plugin's reason: their provider answers `bad-config` and
+    /// `/readyz` says why, instead of a dropped-in plugin stopping the server.
+    unconfigured: BTreeMap<String, String>,
     gcp_keys: Option<KeyCache>,
     /// Runs verifications instead of the sandbox (benchmarks only).
     stand_in: Option<Arc<dyn Verifier>>,
@@ -87,7 +91,9 @@ pub struct Authenticator {
 impl Authenticator {
     /// Builds the authenticator: configures every loaded plugin with its
     /// provider block (an error names the plugin and the key it refused), and
-    /// sets up Google's key cache when a `gcp` plugin is loaded.
+    /// sets up Google's key cache when a `gcp` plugin is loaded. A plugin the
+    /// file has no block for is configured with `{}`; if it refuses that, it is
+    /// kept out of service ([`Authenticator::unconfigured`]) rather than failing.
     pub fn new(sandbox: Arc<Sandbox>, file: &FileConfig) -> anyhow::Result<Authenticator> {
         let gcp_keys = if sandbox.has("gcp") {
             Some(KeyCache::from_config(&file.provider("gcp"))?)
@@ -95,13 +101,26 @@ impl Authenticator {
             None
         };
         let mut configured = BTreeMap::new();
+        let mut unconfigured = BTreeMap::new();
         for plugin in sandbox.plugins() {
             let block = plugin_block(&plugin.provider, file.provider(&plugin.provider));
-            configured.insert(plugin.provider.clone(), sandbox.configure(&plugin.provider, &block)?);
+            match sandbox.configure(&plugin.provider, &block) {
+                Ok(c) => {
+                    configured.insert(plugin.provider.clone(), c);
+                }
+                // The operator wrote this block: refusing it is theirs to fix now.
+                Err(e) if file.providers.contains_key(&plugin.provider) => return Err(e),
+                Err(e) => {
+                    let reason = format!("{e:#} (add a [{}] block)", plugin.provider);
+                    tracing::warn!(provider = %plugin.provider, %reason, "plugin refused its default configuration; not serving it");
+                    unconfigured.insert(plugin.provider.clone(), reason);
+                }
+            }
         }
         Ok(Authenticator {
             sandbox,
             configured,
+            unconfigured,
             gcp_keys,
             stand_in: None,
         })
@@ -128,6 +147,12 @@ impl Authenticator {
         }
     }
 
+    /// Loaded plugins not in service because they refused the empty
+    /// configuration and the file has no block for them: provider → reason.
+    pub fn unconfigured(&self) -> &BTreeMap<String, String> {
+        &self.unconfigured
+    }
+
     /// The sandbox the plugins run in.
     pub fn sandbox(&self) -> &Arc<Sandbox> {
         &self.sandbox
@@ -149,7 +174,10 @@ impl Authenticator {
 
     async fn verify_unbounded(&self, provider: &str, credential: String, now: i64) -> Result<Identity, AuthError> {
         let Some(plugin) = self.configured.get(provider) else {
-            return Err(AuthError::Call(CallError::NotLoaded(provider.to_string())));
+            return Err(AuthError::Call(match self.unconfigured.get(provider) {
+                Some(reason) => CallError::Rejected(VerifyError::BadConfig(reason.clone())),
+                None => CallError::NotLoaded(provider.to_string()),
+            }));
         };
         let Some(keys) = self.gcp_keys.as_ref().filter(|_| provider == "gcp") else {
             return self.call(plugin, credential, None, now).await.map_err(AuthError::Call);

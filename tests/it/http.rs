@@ -15,7 +15,7 @@ use idgate::db::registry::{add_agent, NewAgent};
 use idgate::metrics::Metrics;
 use idgate::sandbox::Sandbox;
 use idgate_tests::pg::{fresh_database, TestDb};
-use idgate_tests::{component_cache_dir, root, sandbox, test_limits, test_plugin_dir};
+use idgate_tests::{component_cache_dir, root, sandbox, test_limits, test_plugin_dir, test_plugin_dir_needs_config};
 use jsonwebtoken::Algorithm;
 use serde_json::{json, Value};
 
@@ -405,6 +405,50 @@ async fn an_exhausted_pool_is_503_with_retry_after_not_a_hang() {
     drop(held);
     let body = json!({"json_web_token": gcp_token("gce-5")}).to_string();
     assert_eq!(post(&base, "google-instance-identity", body).await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn readyz_says_why_a_dropped_in_plugin_is_not_serving() {
+    // A plugin with no block in the file that refuses the empty configuration
+    // does not stop the server: its provider answers bad-config, and /readyz
+    // names the plugin and the key. Writing the block puts it in service.
+    let db = fresh_database().await;
+    let sandbox = Arc::new(
+        Sandbox::load(
+            &test_plugin_dir_needs_config(),
+            Some(&component_cache_dir()),
+            test_limits(),
+        )
+        .unwrap(),
+    );
+    let file = FileConfig::parse("").unwrap();
+    let auth = Authenticator::new(sandbox.clone(), &file).unwrap();
+    let reason = auth.unconfigured().get("misbehave").expect("not serving").clone();
+    assert!(
+        reason.contains("`k` is required") && reason.contains("[misbehave]"),
+        "{reason}"
+    );
+    match auth.verify("misbehave", "\"echo\"".into(), 0).await {
+        Err(idgate::authenticate::AuthError::Call(idgate::sandbox::CallError::Rejected(
+            idgate_plugin_kit::VerifyError::BadConfig(why),
+        ))) => assert_eq!(why, reason),
+        other => panic!("expected bad-config, got {other:?}"),
+    }
+
+    let base = serve_router(sandbox.clone(), "", db.pool.clone(), ApiLimits::default()).await;
+    let ready = reqwest::get(format!("{base}/readyz")).await.unwrap();
+    assert_eq!(ready.status().as_u16(), 503);
+    let text = ready.text().await.unwrap();
+    assert!(
+        text.contains("\"misbehave\"") && text.contains("`k` is required"),
+        "{text}"
+    );
+
+    let base = serve_router(sandbox, "[misbehave]\nk = 1\n", db.pool.clone(), ApiLimits::default()).await;
+    assert_eq!(
+        reqwest::get(format!("{base}/readyz")).await.unwrap().status().as_u16(),
+        200
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -51,6 +51,12 @@ pub fn test_plugin_dir_stubbed() -> PathBuf {
     target_dir().join("test-plugins-stubbed")
 }
 
+/// Where `cargo xtask plugins` puts the misbehaving fixture that refuses the
+/// empty configuration (a plugin needing a block the operator did not write).
+pub fn test_plugin_dir_needs_config() -> PathBuf {
+    target_dir().join("test-plugins-needs-config")
+}
+
 /// Where compiled components are cached between test runs.
 pub fn component_cache_dir() -> PathBuf {
     target_dir().join("component-cache")

@@ -141,6 +141,12 @@ fn plugins(names: &[String]) -> Result {
     }
     if chosen.iter().any(|(short, _, _)| *short == "misbehave") {
         impersonating_fixture(&built)?;
+        variant(
+            &built,
+            "idgate-fixture-misbehave",
+            "needs-config",
+            &target_dir().join("test-plugins-needs-config").join("misbehave.wasm"),
+        )?;
         // The fixture with local WASI traps too, so the benchmarks can measure
         // what the imports cost and the tests that local traps still trap.
         let file = built.join("idgate_fixture_misbehave.wasm");
