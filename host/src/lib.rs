@@ -11,6 +11,7 @@ pub mod clock;
 pub mod config;
 pub mod crypto;
 pub mod db;
+pub mod descriptors;
 pub mod file_trust;
 pub mod jwks;
 pub mod metrics;

@@ -9,7 +9,7 @@ use anyhow::Context;
 use crate::api::{router, ApiLimits, AppState};
 use crate::authenticate::Authenticator;
 use crate::cli::Settings;
-use crate::db::Db;
+use crate::db::{Db, PoolSettings};
 use crate::metrics::Metrics;
 
 /// Where `idgate serve` listens unless told otherwise.
@@ -18,10 +18,19 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:3000";
 /// Runs the server until SIGINT or SIGTERM.
 pub async fn serve(settings: &Settings, listen: Option<String>) -> anyhow::Result<()> {
     let limits = settings.file.host.limits;
-    let pool = settings.pool_settings();
+    let pool = PoolSettings {
+        keep_warm: true,
+        ..settings.pool_settings()
+    };
     let sandbox = Arc::new(settings.sandbox()?);
     let auth = Authenticator::new(sandbox.clone(), &settings.file)?;
-    let mut db = Db::open(settings.database_url.as_deref(), pool).await?;
+    // Only the pool that resolves is kept warm: with a read replica the
+    // primary serves registration alone and needs no idle connections.
+    let primary = PoolSettings {
+        keep_warm: settings.database_read_url.is_none(),
+        ..pool
+    };
+    let mut db = Db::open(settings.database_url.as_deref(), primary).await?;
     if let Some(url) = &settings.database_read_url {
         db = db.with_read_url(url, pool).await?;
     }

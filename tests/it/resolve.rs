@@ -94,6 +94,63 @@ async fn single_agent() {
     assert_eq!(res(&pool, &iid, None).await, Resolution::Token(token, "dev".into()));
 }
 
+/// `idgate serve`'s pool (`keep_warm`) has every connection open, with the
+/// statement prepared, before it is handed out; a lazy pool opens them on
+/// demand. Counted by PostgreSQL, not by the pool.
+#[tokio::test]
+async fn a_warm_pool_opens_every_connection_before_the_first_request() {
+    let db = fresh_database().await;
+    let iid = instance_id();
+    let token = add(&db.pool, "ws", &iid, "dev").await;
+    let options = idgate::db::embedded::connect_options(&pg::cluster().dir, &db.name);
+    let backends = |app: &'static str| {
+        let (pool, name) = (db.pool.clone(), db.name.clone());
+        async move {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND application_name = $2",
+            )
+            .bind(name)
+            .bind(app)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            n
+        }
+    };
+    let settings = |keep_warm| idgate::db::PoolSettings {
+        max_connections: 3,
+        keep_warm,
+        ..Default::default()
+    };
+
+    let lazy = idgate::db::pool::connect(options.clone().application_name("idgate-lazy"), settings(false))
+        .await
+        .unwrap();
+    assert!(
+        backends("idgate-lazy").await < 3,
+        "a lazy pool opens connections on demand"
+    );
+
+    let warm = idgate::db::pool::connect(options.application_name("idgate-warm"), settings(true))
+        .await
+        .unwrap();
+    assert_eq!(backends("idgate-warm").await, 3);
+    assert_eq!(warm.size(), 3);
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut conn = warm.acquire().await.unwrap();
+        let prepared = idgate::db::plan::plan_counts(&mut conn).await.unwrap();
+        assert!(
+            prepared.is_some(),
+            "the resolution statement is prepared on every connection"
+        );
+        held.push(conn);
+    }
+    drop(held);
+    lazy.close().await;
+    assert_eq!(res(&warm, &iid, None).await, Resolution::Token(token, "dev".into()));
+}
+
 #[tokio::test]
 async fn multiple_agents_no_selector() {
     let pool = fresh_db().await;

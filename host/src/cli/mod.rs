@@ -89,6 +89,12 @@ pub struct VerifyArgs {
 /// refused, 2 on usage and configuration errors.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Serve(_)) {
+        // Before the runtime's threads exist: see `descriptors`.
+        if let Err(e) = crate::descriptors::prepare(crate::descriptors::SERVE_TABLE) {
+            eprintln!("idgate: warning: could not prepare file descriptors: {e}");
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => return fail(2, &format!("cannot start the runtime: {e}")),
@@ -155,6 +161,8 @@ impl Settings {
             acquire_timeout: limits
                 .db_acquire_timeout_ms
                 .map_or(d.acquire_timeout, std::time::Duration::from_millis),
+            // Only `serve` keeps its pool warm; one-shot commands open what they use.
+            keep_warm: false,
         }
     }
 

@@ -35,6 +35,9 @@ pub struct PoolSettings {
     /// How long a caller waits for a connection before giving up (the API
     /// turns that into a 503).
     pub acquire_timeout: Duration,
+    /// Open every connection when the pool is created, and keep them open
+    /// while idle. `idgate serve` sets it; see [`connect`].
+    pub keep_warm: bool,
 }
 
 impl Default for PoolSettings {
@@ -42,16 +45,28 @@ impl Default for PoolSettings {
         PoolSettings {
             max_connections: 10,
             acquire_timeout: Duration::from_secs(2),
+            keep_warm: false,
         }
     }
 }
 
-/// Opens a lazily-filled pool whose connections plan the resolution once
-/// (generic plan cached per session) and have its statement prepared. The schema must exist (run migrations first): preparing checks
-/// the tables and columns, so a wrong database fails loudly here.
+/// Opens a pool whose connections plan the resolution once (generic plan
+/// cached per session) and have its statement prepared. The schema must exist
+/// (run migrations first): preparing checks the tables and columns, so a wrong
+/// database fails loudly here.
+///
+/// With [`PoolSettings::keep_warm`] every connection is opened (and its
+/// statement prepared) before this returns, and idle ones are not closed. A
+/// lazily-filled pool opens its connections when load arrives: in a reconnect
+/// storm that meant forking backends and preparing statements on CPU the first
+/// thousand requests were queued for, and no answer for the first ~100 ms
+/// (BENCHMARKS.md, reconnect storm). Without it (tools, tests) the pool fills
+/// on demand.
 pub async fn connect(options: PgConnectOptions, settings: PoolSettings) -> Result<PgPool, sqlx::Error> {
+    let max = settings.max_connections.max(1);
     let pool = PgPoolOptions::new()
-        .max_connections(settings.max_connections.max(1))
+        .max_connections(max)
+        .min_connections(if settings.keep_warm { max } else { 0 })
         .acquire_timeout(settings.acquire_timeout)
         .test_before_acquire(false)
         .idle_timeout(Some(Duration::from_secs(300)))
@@ -65,5 +80,23 @@ pub async fn connect(options: PgConnectOptions, settings: PoolSettings) -> Resul
         })
         .connect_with(options)
         .await?;
+    if settings.keep_warm {
+        fill(&pool, max).await?;
+    }
     Ok(pool)
+}
+
+/// Opens `n` connections at once (each runs `after_connect`) and returns them
+/// to the pool idle, so start-up fails here if the database cannot take them.
+async fn fill(pool: &PgPool, n: u32) -> Result<(), sqlx::Error> {
+    let mut acquiring = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        acquiring.spawn(pool.acquire());
+    }
+    // Hold each until all are open, or the pool would hand one out twice.
+    let mut opened = Vec::with_capacity(n as usize);
+    while let Some(conn) = acquiring.join_next().await {
+        opened.push(conn.map_err(|_| sqlx::Error::WorkerCrashed)??);
+    }
+    Ok(())
 }
