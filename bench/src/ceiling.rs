@@ -213,6 +213,7 @@ pub fn child(spec: &Path) -> anyhow::Result<()> {
         let pool_size = spec["pool"].as_u64().unwrap_or(10) as u32;
         let settings = PoolSettings {
             max_connections: pool_size,
+            keep_warm: true,
             ..PoolSettings::default()
         };
         let pool = idgate::db::pool::connect(text("database")?.parse()?, settings).await?;

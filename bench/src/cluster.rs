@@ -129,6 +129,7 @@ impl BenchCluster {
     pub async fn open(&self, max_connections: u32) -> anyhow::Result<PgPool> {
         let settings = PoolSettings {
             max_connections,
+            keep_warm: true,
             ..PoolSettings::default()
         };
         Ok(Db::open_with(self.cluster().connect_options(DATABASE), settings)
@@ -173,12 +174,21 @@ impl BenchCluster {
     /// idgate's, nothing prepared ahead, no ping before use.
     pub async fn baseline_pool(&self, max_connections: u32) -> anyhow::Result<PgPool> {
         let settings = PoolSettings::default();
-        Ok(sqlx::postgres::PgPoolOptions::new()
+        let pool = sqlx::postgres::PgPoolOptions::new()
             .max_connections(max_connections)
+            .min_connections(max_connections)
             .acquire_timeout(settings.acquire_timeout)
             .test_before_acquire(false)
             .connect_with(self.cluster().connect_options(DATABASE))
-            .await?)
+            .await?;
+        // Open every connection now, as idgate's warm pool does, so neither
+        // side opens connections during a measurement.
+        let mut open = Vec::new();
+        for _ in 0..max_connections {
+            open.push(pool.acquire().await?);
+        }
+        drop(open);
+        Ok(pool)
     }
 
     /// Forgets every statement count.

@@ -108,6 +108,10 @@ fn make_http(env: &Env, scratch: &std::path::Path) -> anyhow::Result<Http> {
 }
 
 fn main() -> anyhow::Result<()> {
+    // As `idgate serve` does, before any thread exists: the storm's thousand
+    // connections (both ends, in this process) must not grow the descriptor
+    // table while the clock runs.
+    idgate::descriptors::prepare(idgate::descriptors::SERVE_TABLE)?;
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("serve-child") {
         let spec = args.get(1).ok_or_else(|| anyhow::anyhow!("serve-child SPEC.json"))?;

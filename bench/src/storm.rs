@@ -69,7 +69,7 @@ pub fn run(rt: &tokio::runtime::Runtime, pg: &BenchCluster, http: &Http) -> anyh
         for g in &groups {
             register(&pool, g).await?;
         }
-        crate::fixtures::analyze(&pool).await?;
+        crate::fixtures::settle(&pool).await?;
         pool.close().await;
         anyhow::Ok(())
     })?;
