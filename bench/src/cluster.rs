@@ -183,11 +183,7 @@ impl BenchCluster {
             .await?;
         // Open every connection now, as idgate's warm pool does, so neither
         // side opens connections during a measurement.
-        let mut open = Vec::new();
-        for _ in 0..max_connections {
-            open.push(pool.acquire().await?);
-        }
-        drop(open);
+        idgate::db::pool::fill(&pool, max_connections).await?;
         Ok(pool)
     }
 

@@ -56,12 +56,12 @@ impl Default for PoolSettings {
 /// database fails loudly here.
 ///
 /// With [`PoolSettings::keep_warm`] every connection is opened (and its
-/// statement prepared) before this returns, and idle ones are not closed. A
-/// lazily-filled pool opens its connections when load arrives: in a reconnect
-/// storm that meant forking backends and preparing statements on CPU the first
-/// thousand requests were queued for, and no answer for the first ~100 ms
-/// (BENCHMARKS.md, reconnect storm). Without it (tools, tests) the pool fills
-/// on demand.
+/// statement prepared) before this returns, and idle ones stay open (each is
+/// still replaced at its maximum lifetime). A lazily-filled pool opens its
+/// connections when load arrives: in a reconnect storm that meant forking
+/// backends and preparing statements on the CPU the first thousand requests
+/// were queued for (traced per request in the benchmark's storm). Without it
+/// (tools, tests) the pool fills on demand.
 pub async fn connect(options: PgConnectOptions, settings: PoolSettings) -> Result<PgPool, sqlx::Error> {
     let max = settings.max_connections.max(1);
     let pool = PgPoolOptions::new()
@@ -86,9 +86,10 @@ pub async fn connect(options: PgConnectOptions, settings: PoolSettings) -> Resul
     Ok(pool)
 }
 
-/// Opens `n` connections at once (each runs `after_connect`) and returns them
-/// to the pool idle, so start-up fails here if the database cannot take them.
-async fn fill(pool: &PgPool, n: u32) -> Result<(), sqlx::Error> {
+/// Opens `n` connections at once (each runs the pool's `after_connect`) and
+/// returns them to the pool idle, so start-up fails here if the database
+/// cannot take them.
+pub async fn fill(pool: &PgPool, n: u32) -> Result<(), sqlx::Error> {
     let mut acquiring = tokio::task::JoinSet::new();
     for _ in 0..n {
         acquiring.spawn(pool.acquire());
