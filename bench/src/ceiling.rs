@@ -218,7 +218,6 @@ pub fn child(spec: &Path) -> anyhow::Result<()> {
         };
         let pool = idgate::db::pool::connect(text("database")?.parse()?, settings).await?;
         let state = Arc::new(AppState {
-            admission: idgate::admission::Admission::for_pool(&pool),
             auth,
             pool,
             resolver,

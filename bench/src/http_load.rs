@@ -27,7 +27,6 @@ use crate::baseline::{self, Answer};
 /// and pool settings.
 pub fn state(sandbox: Arc<Sandbox>, file: &FileConfig, pool: sqlx::PgPool) -> anyhow::Result<Arc<AppState>> {
     Ok(Arc::new(AppState {
-        admission: idgate::admission::Admission::for_pool(&pool),
         auth: Authenticator::new(sandbox, file)?,
         pool,
         resolver: None,

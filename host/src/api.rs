@@ -19,7 +19,6 @@ use idgate_plugin_kit::VerifyError;
 use serde::Serialize;
 use utoipa::{OpenApi, ToSchema};
 
-use crate::admission::Admission;
 use crate::authenticate::{AuthError, Authenticator};
 use crate::db::resolve::{resolve_measured, Resolution, Resolver};
 use crate::metrics::Metrics;
@@ -46,9 +45,6 @@ impl Default for ApiLimits {
 
 /// What the handlers share.
 pub struct AppState {
-    /// How many authentications are worked on at once
-    /// ([`Admission::for_pool`] of `pool` when serving).
-    pub admission: Admission,
     /// Plugins and their configuration.
     pub auth: Authenticator,
     /// The database pool.
@@ -288,13 +284,6 @@ async fn authenticate(state: &AppState, provider: &str, body: Body) -> Response 
 }
 
 async fn attempt(state: &AppState, route: &Route, body: Body, audit: &mut Audit) -> Result<String, ApiError> {
-    // Before any work: see `admission`. Too long a wait is answered as a
-    // wait for a pooled connection is.
-    let _admitted = state
-        .admission
-        .enter()
-        .await
-        .map_err(|_| database_error(sqlx::Error::PoolTimedOut))?;
     let bytes = axum::body::to_bytes(body, state.limits.max_body_bytes)
         .await
         .map_err(|_| {

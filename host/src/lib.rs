@@ -4,7 +4,6 @@
 //! provider's plugin (which borrows [`crypto`]) and yields the instance ID, the
 //! database resolves it to one agent's token. See ARCHITECTURE.md.
 
-pub mod admission;
 pub mod api;
 pub mod authenticate;
 pub mod cli;

@@ -35,7 +35,6 @@ pub async fn serve(settings: &Settings, listen: Option<String>) -> anyhow::Resul
         db = db.with_read_url(url, pool).await?;
     }
     let state = Arc::new(AppState {
-        admission: crate::admission::Admission::for_pool(db.resolution_pool()),
         auth,
         pool: db.resolution_pool().clone(),
         resolver: None,

@@ -205,7 +205,6 @@ async fn quickstart_through_the_binary() {
 pub(crate) async fn serve_router(sandbox: Arc<Sandbox>, config: &str, pool: sqlx::PgPool, limits: ApiLimits) -> String {
     let file = FileConfig::parse(config).unwrap();
     let state = Arc::new(AppState {
-        admission: idgate::admission::Admission::for_pool(&pool),
         auth: Authenticator::new(sandbox, &file).unwrap(),
         pool,
         resolver: None,
