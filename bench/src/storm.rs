@@ -264,7 +264,7 @@ fn report(total: usize, runs: &[Run], registered: Duration, minted: Duration) ->
          wave: the first {IN_FLIGHT} requests open their connections at once, and the two cores spend the wave's \
          start on connection set-up, HTTP and verification for all of them while the {POOL} pooled connections \
          wait to be polled, so the wave's last answers come later than a steady-state request's. (Traced per \
-         request while this section was tuned: in every later start-time bucket the p99 was within a few ms of \
+         request while this section was tuned: in every later start-time bucket the p99 was within 15 ms of \
          the p50.) Most baseline requests (one agent, no history) cost five cheap lookups, which can put its p50 \
          near or below idgate's; its tail is the instances with history, whose dozens to hundreds of statements \
          each queue for the same {POOL} connections."
