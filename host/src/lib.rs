@@ -19,3 +19,4 @@ pub mod pins;
 pub mod request;
 pub mod sandbox;
 pub mod serve;
+pub mod settings;

@@ -8,9 +8,9 @@ use anyhow::Context;
 
 use crate::api::{router, ApiLimits, AppState};
 use crate::authenticate::Authenticator;
-use crate::cli::Settings;
 use crate::db::{Db, PoolSettings};
 use crate::metrics::Metrics;
+use crate::settings::Settings;
 
 /// Where `idgate serve` listens unless told otherwise.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:3000";

@@ -12,10 +12,10 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::authenticate::{AuthError, Authenticator};
 use crate::config::{default_cache_dir, FileConfig};
-use crate::db::{Db, PoolSettings};
-use crate::pins::PluginPins;
+use crate::db::Db;
 use crate::request::{parse_body, BodyError};
 use crate::sandbox::{CallError, Sandbox};
+use crate::settings::Settings;
 
 /// idgate authenticates cloud workspace agents by their machine's instance identity.
 #[derive(Debug, Parser)]
@@ -110,91 +110,32 @@ fn fail(code: u8, message: &str) -> ExitCode {
     ExitCode::from(code)
 }
 
-/// Settings resolved from flags, environment and the config file, in that order.
-pub struct Settings {
-    /// The config file's contents.
-    pub file: FileConfig,
-    /// Plugin directory.
-    pub plugins: PathBuf,
-    /// Compiled-plugin cache directory.
-    pub cache_dir: PathBuf,
-    /// Database URL, if any.
-    pub database_url: Option<String>,
-    /// Read-only database URL for resolutions, if any.
-    pub database_read_url: Option<String>,
-}
-
-impl Settings {
-    /// Resolves the global options.
-    pub fn resolve(global: &GlobalArgs) -> anyhow::Result<Settings> {
-        let file = FileConfig::load_with_env(global.config.as_deref(), std::env::vars())?;
-        let plugins = global
-            .plugins
-            .clone()
-            .or_else(|| file.host.plugins.clone())
-            .unwrap_or_else(default_plugin_dir);
-        let cache_dir = global
-            .cache_dir
-            .clone()
-            .or_else(|| file.host.cache_dir.clone())
-            .unwrap_or_else(default_cache_dir);
-        let database_url = global.database_url.clone().or_else(|| file.host.database_url.clone());
-        let database_read_url = global
-            .database_read_url
-            .clone()
-            .or_else(|| file.host.database_read_url.clone());
-        Ok(Settings {
-            file,
-            plugins,
-            cache_dir,
-            database_url,
-            database_read_url,
-        })
-    }
-
-    /// The database pool settings from `[limits]`.
-    pub fn pool_settings(&self) -> PoolSettings {
-        let limits = self.file.host.limits;
-        let d = PoolSettings::default();
-        PoolSettings {
-            max_connections: limits.db_max_connections.unwrap_or(d.max_connections),
-            acquire_timeout: limits
-                .db_acquire_timeout_ms
-                .map_or(d.acquire_timeout, std::time::Duration::from_millis),
-            // Only `serve` keeps its pool warm; one-shot commands open what they use.
-            keep_warm: false,
-        }
-    }
-
-    /// The configured `[plugin_sha256]` pins, validated.
-    pub fn pins(&self) -> anyhow::Result<PluginPins> {
-        PluginPins::new(&self.file.host.plugin_sha256)
-    }
-
-    /// Loads the plugins under the configured limits, enforcing the pins; without
-    /// pins, warns naming every plugin loaded unpinned.
-    pub fn sandbox(&self) -> anyhow::Result<Sandbox> {
-        let pins = self.pins()?;
-        let sandbox = Sandbox::load_pinned(
-            &self.plugins,
-            Some(&self.cache_dir),
-            self.file.host.sandbox.limits(),
-            &pins,
-        )?;
-        if pins.is_empty() && !sandbox.plugins().is_empty() {
-            let unpinned: Vec<String> = sandbox
-                .plugins()
-                .iter()
-                .map(|p| format!("{} ({})", p.provider, p.path.display()))
-                .collect();
-            tracing::warn!(
-                unpinned = %unpinned.join(", "),
-                "no [plugin_sha256] pins are configured: any .wasm in the plugin directory is trusted; \
-                 pin the digests `idgate plugins` prints"
-            );
-        }
-        Ok(sandbox)
-    }
+/// Resolves the global options: flags (and their `IDGATE_*` variables) win over
+/// the config file, which wins over the defaults.
+fn resolve_settings(global: &GlobalArgs) -> anyhow::Result<Settings> {
+    let file = FileConfig::load_with_env(global.config.as_deref(), std::env::vars())?;
+    let plugins = global
+        .plugins
+        .clone()
+        .or_else(|| file.host.plugins.clone())
+        .unwrap_or_else(default_plugin_dir);
+    let cache_dir = global
+        .cache_dir
+        .clone()
+        .or_else(|| file.host.cache_dir.clone())
+        .unwrap_or_else(default_cache_dir);
+    let database_url = global.database_url.clone().or_else(|| file.host.database_url.clone());
+    let database_read_url = global
+        .database_read_url
+        .clone()
+        .or_else(|| file.host.database_read_url.clone());
+    Ok(Settings {
+        file,
+        plugins,
+        cache_dir,
+        database_url,
+        database_read_url,
+    })
 }
 
 fn default_plugin_dir() -> PathBuf {
@@ -207,7 +148,7 @@ fn default_plugin_dir() -> PathBuf {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let settings = Settings::resolve(&cli.global)?;
+    let settings = resolve_settings(&cli.global)?;
     crate::serve::init_logging(settings.file.host.log_format.as_deref());
     match cli.command {
         Command::Serve(args) => {

@@ -1,0 +1,71 @@
+//! The settings one process runs with, once flags, environment and the config
+//! file are resolved (the command line does that), and what follows from them:
+//! pool sizes, plugin pins, the loaded sandbox. Below `cli`, so `serve` can take
+//! them without reaching up into the command line.
+
+use std::path::PathBuf;
+
+use crate::config::FileConfig;
+use crate::db::PoolSettings;
+use crate::pins::PluginPins;
+use crate::sandbox::Sandbox;
+
+/// Settings resolved from flags, environment and the config file, in that order.
+pub struct Settings {
+    /// The config file's contents.
+    pub file: FileConfig,
+    /// Plugin directory.
+    pub plugins: PathBuf,
+    /// Compiled-plugin cache directory.
+    pub cache_dir: PathBuf,
+    /// Database URL, if any.
+    pub database_url: Option<String>,
+    /// Read-only database URL for resolutions, if any.
+    pub database_read_url: Option<String>,
+}
+
+impl Settings {
+    /// The database pool settings from `[limits]`.
+    pub fn pool_settings(&self) -> PoolSettings {
+        let limits = self.file.host.limits;
+        let d = PoolSettings::default();
+        PoolSettings {
+            max_connections: limits.db_max_connections.unwrap_or(d.max_connections),
+            acquire_timeout: limits
+                .db_acquire_timeout_ms
+                .map_or(d.acquire_timeout, std::time::Duration::from_millis),
+            // Only `serve` keeps its pool warm; one-shot commands open what they use.
+            keep_warm: false,
+        }
+    }
+
+    /// The configured `[plugin_sha256]` pins, validated.
+    pub fn pins(&self) -> anyhow::Result<PluginPins> {
+        PluginPins::new(&self.file.host.plugin_sha256)
+    }
+
+    /// Loads the plugins under the configured limits, enforcing the pins; without
+    /// pins, warns naming every plugin loaded unpinned.
+    pub fn sandbox(&self) -> anyhow::Result<Sandbox> {
+        let pins = self.pins()?;
+        let sandbox = Sandbox::load_pinned(
+            &self.plugins,
+            Some(&self.cache_dir),
+            self.file.host.sandbox.limits(),
+            &pins,
+        )?;
+        if pins.is_empty() && !sandbox.plugins().is_empty() {
+            let unpinned: Vec<String> = sandbox
+                .plugins()
+                .iter()
+                .map(|p| format!("{} ({})", p.provider, p.path.display()))
+                .collect();
+            tracing::warn!(
+                unpinned = %unpinned.join(", "),
+                "no [plugin_sha256] pins are configured: any .wasm in the plugin directory is trusted; \
+                 pin the digests `idgate plugins` prints"
+            );
+        }
+        Ok(sandbox)
+    }
+}
