@@ -225,7 +225,7 @@ pub fn child(spec: &Path) -> anyhow::Result<()> {
             limits: ApiLimits::default(),
             configured: file.providers.keys().cloned().collect(),
         });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let listener = idgate::serve::bind("127.0.0.1:0").await?;
         println!("listening http://{}", listener.local_addr()?);
         std::thread::spawn(|| {
             let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());

@@ -37,7 +37,7 @@ pub fn state(sandbox: Arc<Sandbox>, file: &FileConfig, pool: sqlx::PgPool) -> an
 }
 
 async fn listen(app: Router) -> anyhow::Result<String> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let listener = idgate::serve::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move { axum::serve(listener, app).await });
     Ok(format!("http://{addr}"))

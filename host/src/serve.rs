@@ -50,9 +50,7 @@ pub async fn serve(settings: &Settings, listen: Option<String>) -> anyhow::Resul
     let addr = listen
         .or_else(|| settings.file.host.listen.clone())
         .unwrap_or_else(|| DEFAULT_LISTEN.to_string());
-    let listener = tokio::net::TcpListener::bind(&addr)
-        .await
-        .with_context(|| format!("listening on {addr}"))?;
+    let listener = bind(&addr).await.with_context(|| format!("listening on {addr}"))?;
     let local = listener.local_addr()?;
     tracing::info!(
         addr = %local,
@@ -70,6 +68,35 @@ pub async fn serve(settings: &Settings, listen: Option<String>) -> anyhow::Resul
     tracing::info!("shutting down");
     db.close().await;
     served.context("serving HTTP")
+}
+
+/// Connections the kernel may hold completed for `accept` (its `listen` backlog).
+///
+/// Why not tokio's default of 128: after an idgate restart every agent reconnects
+/// at once. With 1,000 connecting, a 128-deep queue overflowed while the
+/// runtime's workers were busy with the requests already accepted; the kernel
+/// then drops the SYNs and the agents retry after one second, then three. The
+/// kernel caps the figure at `net.core.somaxconn` (4,096 by default since Linux 5.4).
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds a listener on `addr` (`host:port`, resolved; the first address that
+/// binds wins) with [`LISTEN_BACKLOG`] and `SO_REUSEADDR`, as tokio's own `bind`
+/// sets it, so a restart can listen again while old connections sit in `TIME_WAIT`.
+pub async fn bind(addr: &str) -> std::io::Result<tokio::net::TcpListener> {
+    let mut last = None;
+    for candidate in tokio::net::lookup_host(addr).await? {
+        let socket = if candidate.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        match socket.bind(candidate) {
+            Ok(()) => return socket.listen(LISTEN_BACKLOG),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address to bind")))
 }
 
 /// Listens for SIGINT and SIGTERM from the moment it is called: a signal that
@@ -100,4 +127,58 @@ pub fn init_logging(format: Option<&str>) {
         Some("json") => builder.json().try_init(),
         _ => builder.try_init(),
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Five hundred agents connect at once while the server accepts nothing (as
+    /// when its workers are busy with the requests already in): every handshake
+    /// still completes. Past tokio's default backlog of 128 the kernel would drop
+    /// the SYNs and these connects would hang until the bound below.
+    #[tokio::test]
+    async fn a_reconnect_storm_queues_past_tokios_default_backlog() {
+        const STORM: usize = 500;
+        let somaxconn: usize = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        assert!(
+            somaxconn > STORM,
+            "net.core.somaxconn is {somaxconn}: the kernel caps every backlog below this test's storm"
+        );
+        let listener = bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut connects = tokio::task::JoinSet::new();
+        for _ in 0..STORM {
+            connects.spawn(async move {
+                // Only a failure waits this long: a queued connect completes at once.
+                tokio::time::timeout(Duration::from_secs(10), tokio::net::TcpStream::connect(addr)).await
+            });
+        }
+        let mut open = Vec::new();
+        while let Some(done) = connects.join_next().await {
+            match done.unwrap() {
+                Ok(Ok(stream)) => open.push(stream),
+                Ok(Err(e)) => panic!("connect failed: {e}"),
+                Err(_) => panic!("a connect was not queued: the backlog overflowed"),
+            }
+        }
+        assert_eq!(open.len(), STORM);
+        // Every one of them is waiting in the queue, ready to be accepted.
+        for _ in 0..STORM {
+            let accepted = tokio::time::timeout(Duration::from_secs(10), listener.accept()).await;
+            assert!(
+                matches!(accepted, Ok(Ok(_))),
+                "a queued connection could not be accepted"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn bind_refuses_an_address_without_a_port() {
+        assert!(bind("127.0.0.1:not-a-port").await.is_err());
+        assert!(bind("127.0.0.1").await.is_err());
+    }
 }
