@@ -171,11 +171,35 @@ impl Outcome {
     }
 }
 
-/// Sends `requests` to `base` with `concurrency` in flight, on fresh
-/// connections (a new client per run).
+/// Sends `requests` to `base` with `concurrency` in flight. Each run has a new
+/// client, whose connections are kept alive between requests.
 pub async fn drive(base: &str, requests: Arc<Vec<Request>>, concurrency: usize, limit: Limit) -> Outcome {
+    drive_with(base, requests, concurrency, limit, Connections::KeepAlive).await
+}
+
+/// How the load client's requests reach the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Connections {
+    /// Each client opens a connection for its first request and keeps it for the next.
+    KeepAlive,
+    /// Every request opens its own connection and closes it, as separate agents do.
+    Fresh,
+}
+
+/// [`drive`], with the connections chosen.
+pub async fn drive_with(
+    base: &str,
+    requests: Arc<Vec<Request>>,
+    concurrency: usize,
+    limit: Limit,
+    connections: Connections,
+) -> Outcome {
+    let idle = match connections {
+        Connections::KeepAlive => usize::MAX,
+        Connections::Fresh => 0,
+    };
     let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(usize::MAX)
+        .pool_max_idle_per_host(idle)
         .timeout(Duration::from_secs(30))
         .build()
         .expect("HTTP client");
