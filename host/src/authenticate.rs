@@ -1,6 +1,8 @@
 //! From a credential to a verified identity: configures every loaded plugin
 //! once with its provider block (refusing to start on a bad one), then per call
-//! adds host-fetched key material (Google's keys for `gcp`) and runs the plugin.
+//! adds host-fetched key material (Google's keys for `gcp`) and runs the plugin;
+//! when the plugin asked for issuer certificates the host does not hold yet
+//! (`issuers`), fetches them and runs it again.
 //! Shared by `idgate verify` and the HTTP API so both verify the same way.
 //!
 //! Why Google's keys are a per-call input (`host-keys`) and not configuration:
@@ -18,8 +20,13 @@ use std::sync::Arc;
 use idgate_plugin_kit::{Identity, VerifyError};
 
 use crate::config::FileConfig;
+use crate::issuers::IssuerFetcher;
 use crate::jwks::KeyCache;
-use crate::sandbox::{CallError, Configured, Sandbox};
+use crate::sandbox::{CallError, Configured, HostInputs, IssuerBodies, Sandbox, TrustAnchor};
+
+/// Extra runs of one verification after fetching issuers it asked for: one
+/// per missing level of a chain (the plugins' `aia::MAX_DEPTH`).
+const MAX_ISSUER_ROUNDS: usize = 2;
 
 /// Why verification did not produce an identity.
 #[derive(Debug)]
@@ -84,6 +91,8 @@ pub struct Authenticator {
     /// `/readyz` says why, instead of a dropped-in plugin stopping the server.
     unconfigured: BTreeMap<String, String>,
     gcp_keys: Option<KeyCache>,
+    /// Issuer certificates fetched for plugins; `None` when no host is allowed.
+    issuers: Option<Arc<IssuerFetcher>>,
     /// Runs verifications instead of the sandbox (benchmarks only).
     stand_in: Option<Arc<dyn Verifier>>,
 }
@@ -104,6 +113,7 @@ impl Authenticator {
         let mut unconfigured = BTreeMap::new();
         for plugin in sandbox.plugins() {
             let block = plugin_block(&plugin.provider, file.provider(&plugin.provider));
+            let block = crate::block_files::resolve(&plugin.provider, block)?;
             match sandbox.configure(&plugin.provider, &block) {
                 Ok(c) => {
                     configured.insert(plugin.provider.clone(), c);
@@ -117,11 +127,13 @@ impl Authenticator {
                 }
             }
         }
+        let issuers = IssuerFetcher::new(&file.host.issuers);
         Ok(Authenticator {
             sandbox,
             configured,
             unconfigured,
             gcp_keys,
+            issuers: issuers.enabled().then(|| Arc::new(issuers)),
             stand_in: None,
         })
     }
@@ -141,10 +153,39 @@ impl Authenticator {
         key_set: Option<String>,
         now: i64,
     ) -> Result<Identity, CallError> {
-        match &self.stand_in {
-            Some(v) => v.verify(plugin.provider(), credential, key_set, now).await,
-            None => self.sandbox.verify_async(plugin, credential, key_set, now).await,
+        if let Some(v) = &self.stand_in {
+            return v.verify(plugin.provider(), credential, key_set, now).await;
         }
+        let inputs = HostInputs {
+            key_set,
+            issuers: self.issuers.clone().map(|f| f as Arc<dyn IssuerBodies>),
+        };
+        let mut rounds = 0;
+        loop {
+            let verified = self
+                .sandbox
+                .verify_async_with(plugin, credential.clone(), inputs.clone(), now)
+                .await;
+            // A refusal after asking for issuers the host did not hold: fetch
+            // them (if allowed) and try again with them.
+            let retry = matches!(verified.result, Err(CallError::Rejected(_)))
+                && !verified.wanted_issuers.is_empty()
+                && rounds < MAX_ISSUER_ROUNDS;
+            match &self.issuers {
+                Some(fetcher) if retry && fetcher.fetch(&verified.wanted_issuers).await => rounds += 1,
+                _ => return verified.result,
+            }
+        }
+    }
+
+    /// The configured plugins, by provider.
+    pub fn configured(&self) -> &BTreeMap<String, Configured> {
+        &self.configured
+    }
+
+    /// What `provider`'s configured plugin trusts (empty if none is configured).
+    pub fn trust(&self, provider: &str) -> &[TrustAnchor] {
+        self.configured.get(provider).map_or(&[], |c| c.trust())
     }
 
     /// Loaded plugins not in service because they refused the empty

@@ -46,6 +46,12 @@ pub struct HostConfig {
     /// serve it. With any entry, unpinned or mismatching plugins are refused.
     #[serde(default)]
     pub plugin_sha256: BTreeMap<String, String>,
+    /// `[issuers]`: where issuer certificates may be fetched from for plugins.
+    #[serde(default)]
+    pub issuers: crate::issuers::IssuersConfig,
+    /// Days before the earliest `notAfter` of a provider's current trust
+    /// material at which `/readyz` starts warning (default 30).
+    pub trust_warning_days: Option<u64>,
 }
 
 /// `[sandbox]`: per-call limits for plugins.
@@ -100,6 +106,8 @@ const HOST_KEYS: &[&str] = &[
     "sandbox",
     "limits",
     "plugin_sha256",
+    "issuers",
+    "trust_warning_days",
 ];
 
 impl FileConfig {

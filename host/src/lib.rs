@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod authenticate;
+pub mod block_files;
 pub mod cli;
 pub mod clock;
 pub mod config;
@@ -13,6 +14,7 @@ pub mod crypto;
 pub mod db;
 pub mod descriptors;
 pub mod file_trust;
+pub mod issuers;
 pub mod jwks;
 pub mod metrics;
 pub mod pins;

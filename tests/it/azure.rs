@@ -87,7 +87,7 @@ fn verify_b64(signature: &str, config: &Value, now: i64) -> Result<Identity, Cal
     idgate_tests::sandbox().verify_configuring("azure", &credential, &config.to_string(), None, now)
 }
 
-fn verify_der(pkcs7: &[u8], config: &Value, now: i64) -> Result<Identity, CallError> {
+pub(crate) fn verify_der(pkcs7: &[u8], config: &Value, now: i64) -> Result<Identity, CallError> {
     verify_b64(&STANDARD.encode(pkcs7), config, now)
 }
 
@@ -358,12 +358,12 @@ fn rsa_key(i: usize) -> &'static RsaPrivateKey {
     })[i]
 }
 
-fn rcgen_key(i: usize) -> KeyPair {
+pub(crate) fn rcgen_key(i: usize) -> KeyPair {
     let pem = rsa_key(i).to_pkcs8_pem(LineEnding::LF).unwrap();
     KeyPair::from_pkcs8_pem_and_sign_algo(&pem, &rcgen::PKCS_RSA_SHA256).unwrap()
 }
 
-fn params(cn: &str, sans: Vec<String>, ca: Option<bool>) -> CertificateParams {
+pub(crate) fn params(cn: &str, sans: Vec<String>, ca: Option<bool>) -> CertificateParams {
     let mut p = CertificateParams::new(sans).unwrap();
     p.distinguished_name = DistinguishedName::new();
     p.distinguished_name.push(DnType::CommonName, cn);
@@ -381,16 +381,16 @@ fn params(cn: &str, sans: Vec<String>, ca: Option<bool>) -> CertificateParams {
 }
 
 /// A test certificate with its key.
-struct TestCa {
-    cert: rcgen::Certificate,
-    key: KeyPair,
-    key_index: usize,
-    der: Vec<u8>,
-    pem: String,
+pub(crate) struct TestCa {
+    pub(crate) cert: rcgen::Certificate,
+    pub(crate) key: KeyPair,
+    pub(crate) key_index: usize,
+    pub(crate) der: Vec<u8>,
+    pub(crate) pem: String,
 }
 
 impl TestCa {
-    fn new(cert: rcgen::Certificate, key: KeyPair, key_index: usize) -> TestCa {
+    pub(crate) fn new(cert: rcgen::Certificate, key: KeyPair, key_index: usize) -> TestCa {
         TestCa {
             der: cert.der().to_vec(),
             pem: cert.pem(),
@@ -400,13 +400,13 @@ impl TestCa {
         }
     }
 
-    fn root(cn: &str) -> TestCa {
+    pub(crate) fn root(cn: &str) -> TestCa {
         let key = rcgen_key(0);
         let cert = params(cn, vec![], Some(true)).self_signed(&key).unwrap();
         TestCa::new(cert, key, 0)
     }
 
-    fn issue_ca(&self, cn: &str, key_index: usize, is_ca: bool) -> TestCa {
+    pub(crate) fn issue_ca(&self, cn: &str, key_index: usize, is_ca: bool) -> TestCa {
         let key = rcgen_key(key_index);
         let cert = params(cn, vec![], Some(is_ca))
             .signed_by(&key, &self.cert, &self.key)
@@ -451,7 +451,7 @@ impl TestCa {
     }
 
     /// A PKCS#7 carrying this leaf (plus `extra` certificates), signed by it.
-    fn pkcs7(&self, content: impl AsRef<[u8]>, extra: &[Vec<u8>]) -> Vec<u8> {
+    pub(crate) fn pkcs7(&self, content: impl AsRef<[u8]>, extra: &[Vec<u8>]) -> Vec<u8> {
         let content = content.as_ref();
         let certs: Vec<Vec<u8>> = std::iter::once(self.der.clone()).chain(extra.iter().cloned()).collect();
         pkcs7(content, &certs, vec![self.signer_info(content)])
@@ -492,7 +492,7 @@ fn pkcs7(content: impl AsRef<[u8]>, certs: &[Vec<u8>], signers: Vec<SignerInfo>)
 }
 
 /// An attested document valid for six hours around `now`.
-fn document(now: i64) -> String {
+pub(crate) fn document(now: i64) -> String {
     let fmt = |t: i64| {
         // MM/DD/YY HH:MM:SS -0000 from RFC 3339.
         let s = idgate_plugin_kit::time::format_rfc3339(t);

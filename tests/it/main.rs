@@ -3,6 +3,7 @@
 
 mod aws;
 mod azure;
+mod azure_trust;
 mod faults;
 mod gcp;
 mod http;

@@ -62,7 +62,7 @@ fn plugins_load_with_their_provider_names_and_contract() {
         .collect();
     for want in ["aws", "azure", "gcp", "misbehave"] {
         assert!(
-            providers.contains(&(want.to_string(), "0.2.0".to_string())),
+            providers.contains(&(want.to_string(), "0.3.0".to_string())),
             "{want} missing from {providers:?}"
         );
     }
@@ -445,6 +445,39 @@ fn a_contract_0_1_0_plugin_still_authenticates() {
         other => panic!("tampered document: {other:?}"),
     }
     // Its configuration still travels with each call: an allow-list applies.
+    let strict = old
+        .configure("aws", &json!({"allowed_accounts": ["000000000000"]}))
+        .unwrap();
+    idgate_tests::refused(old.verify(&strict, &credential, None, 1_780_000_000), "refused");
+}
+
+/// A plugin built against contract 0.2.0 (the AWS plugin, `contract-0-2`: no
+/// `issuers` import, no `trust` export) loads beside 0.3.0 ones, is
+/// configured once and snapshotted, and authenticates genuine credentials.
+#[test]
+fn a_contract_0_2_0_plugin_still_authenticates() {
+    let dir = idgate_tests::test_plugin_dir_0_2_0();
+    let old = Sandbox::load(&dir, Some(&component_cache_dir()), test_limits())
+        .unwrap_or_else(|e| panic!("loading {}: {e:#} (build it with `cargo xtask plugins`)", dir.display()));
+    let plugins = old.plugins();
+    assert_eq!(
+        plugins
+            .iter()
+            .map(|p| (p.provider.as_str(), p.contract.as_str()))
+            .collect::<Vec<_>>(),
+        [("aws", "0.2.0")]
+    );
+    let (document, signature) = (
+        read_data("aws/coder_iid_document.json"),
+        read_data("aws/coder_iid_signature.b64"),
+    );
+    let credential = json!({"document": document, "signature": signature}).to_string();
+    let aws = old.configure("aws", &json!({})).unwrap();
+    assert!(aws.trust().is_empty(), "0.2.0 has no trust export");
+    let id = old.verify(&aws, &credential, None, 1_780_000_000).unwrap();
+    assert_eq!(id.instance_id, "i-076e9b91f7c420782");
+    let tampered = json!({"document": document.replace("us-east-1", "us-east-2"), "signature": signature});
+    assert!(old.verify(&aws, &tampered.to_string(), None, 1_780_000_000).is_err());
     let strict = old
         .configure("aws", &json!({"allowed_accounts": ["000000000000"]}))
         .unwrap();

@@ -45,6 +45,11 @@ pub fn test_plugin_dir_0_1_0() -> PathBuf {
     target_dir().join("test-plugins-0.1.0")
 }
 
+/// Where `cargo xtask plugins` puts the AWS plugin built against contract 0.2.0.
+pub fn test_plugin_dir_0_2_0() -> PathBuf {
+    target_dir().join("test-plugins-0.2.0")
+}
+
 /// Where `cargo xtask plugins` puts the misbehaving fixture with its WASI
 /// imports made local traps, as the providers are built.
 pub fn test_plugin_dir_stubbed() -> PathBuf {

@@ -157,6 +157,7 @@ fn plugins(names: &[String]) -> Result {
     }
     if chosen.iter().any(|(short, _, _)| *short == "aws") {
         contract_0_1_plugin(&built)?;
+        contract_0_2_plugin(&built)?;
     }
     Ok(())
 }
@@ -257,6 +258,17 @@ fn contract_0_1_plugin(built: &Path) -> Result {
         "idgate-plugin-aws",
         "idgate-plugin-kit/contract-0-1",
         &target_dir().join("test-plugins-0.1.0").join("aws.wasm"),
+    )
+}
+
+/// `target/test-plugins-0.2.0/aws.wasm`: the AWS plugin built against contract
+/// 0.2.0 (no `issuers` import), so the tests prove 0.2.0 plugins still load.
+fn contract_0_2_plugin(built: &Path) -> Result {
+    variant(
+        built,
+        "idgate-plugin-aws",
+        "idgate-plugin-kit/contract-0-2",
+        &target_dir().join("test-plugins-0.2.0").join("aws.wasm"),
     )
 }
 

@@ -1,5 +1,6 @@
 //! The contract versions this host speaks, one generated binding each, and the
-//! host side of their imports (`crypto`, and since 0.2.0 `host-keys`).
+//! host side of their imports (`crypto`, since 0.2.0 `host-keys`, since 0.3.0
+//! `issuers`).
 //!
 //! A new contract adds a `since_vX_Y_Z` module here; released ones stay, so
 //! plugins built against them keep loading.
@@ -20,8 +21,17 @@ pub mod since_v0_2_0 {
     wasmtime::component::bindgen!({ world: "provider", path: "../wit/0.2.0" });
 }
 
+/// `idgate:identity@0.3.0`: 0.2.0 plus the `issuers` import.
+pub mod since_v0_3_0 {
+    wasmtime::component::bindgen!({ world: "provider", path: "../wit/0.3.0" });
+}
+
 /// Contract versions this host can load.
-pub const SUPPORTED_CONTRACTS: &[&str] = &["0.1.0", "0.2.0"];
+pub const SUPPORTED_CONTRACTS: &[&str] = &["0.1.0", "0.2.0", "0.3.0"];
+
+/// Most issuer URLs one call may ask for: a chain has few links to fill, and
+/// every URL asked for may become a fetch.
+pub const MAX_ISSUER_REQUESTS: usize = 4;
 
 /// Implements one contract version's `types` and `crypto` host traits, and the
 /// conversion of its `verify-error`, on the same native crypto.
@@ -87,9 +97,29 @@ macro_rules! speak {
 
 speak!(since_v0_1_0);
 speak!(since_v0_2_0);
+speak!(since_v0_3_0);
 
 impl since_v0_2_0::idgate::identity::host_keys::Host for CallState {
     fn key_set(&mut self) -> Option<String> {
-        self.key_set.clone()
+        self.inputs.key_set.clone()
+    }
+}
+
+impl since_v0_3_0::idgate::identity::host_keys::Host for CallState {
+    fn key_set(&mut self) -> Option<String> {
+        self.inputs.key_set.clone()
+    }
+}
+
+impl since_v0_3_0::idgate::identity::issuers::Host for CallState {
+    fn fetched(&mut self, url: String) -> Option<Vec<u8>> {
+        if let Some(body) = self.inputs.issuers.as_ref().and_then(|held| held.get(&url)) {
+            return Some(body.to_vec());
+        }
+        // Not held: remember it for the host to fetch after this call.
+        if self.wanted_issuers.len() < MAX_ISSUER_REQUESTS && !self.wanted_issuers.contains(&url) {
+            self.wanted_issuers.push(url);
+        }
+        None
     }
 }

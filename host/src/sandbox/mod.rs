@@ -2,12 +2,13 @@
 //! snapshot, and running every call contained.
 //!
 //! Invariants:
-//! - A plugin's only imports that do anything are `crypto`, `host-keys` (0.2.0)
-//!   and `wasi:random` (std seeds hash maps from it). Every other import —
+//! - A plugin's only imports that do anything are `crypto`, `host-keys` (since
+//!   0.2.0), `issuers` (since 0.3.0) and `wasi:random` (std seeds hash maps
+//!   from it). Every other import —
 //!   filesystem, environment, stdio, clocks, sockets — is linked as a trap, so a
 //!   plugin cannot reach the machine or learn the time except through its
 //!   arguments.
-//! - A 0.2.0 plugin is configured once per configuration ([`Sandbox::configure`]):
+//! - A 0.2.0 or 0.3.0 plugin is configured once per configuration ([`Sandbox::configure`]):
 //!   `configure` runs in an instance whose state is then snapshotted into the
 //!   image every call starts from (`snapshot.rs` says what a snapshot may hold).
 //! - Every call runs in a fresh `Store` and instance made from that image:
@@ -22,6 +23,7 @@
 
 mod contract;
 mod snapshot;
+mod versions;
 
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
@@ -36,8 +38,9 @@ use wasmtime::{Config, Engine, Store, Trap};
 
 use crate::file_trust;
 use crate::pins::PluginPins;
+use contract::since_v0_1_0;
 pub use contract::SUPPORTED_CONTRACTS;
-use contract::{since_v0_1_0, since_v0_2_0};
+use versions::Configurable;
 
 /// How often the epoch ticker advances; the CPU deadline is counted in ticks.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -151,7 +154,8 @@ impl std::error::Error for CallError {}
 /// A loaded plugin, linked for the contract it speaks.
 enum Linked {
     V0_1(since_v0_1_0::ProviderPre<CallState>),
-    V0_2(since_v0_2_0::ProviderPre<CallState>),
+    /// 0.2.0 and later: configured once, then snapshotted.
+    Configurable(Configurable),
 }
 
 struct Plugin {
@@ -170,11 +174,12 @@ struct ConfiguredPlugin {
     provider: String,
     image: Image,
     cached: bool,
+    trust: Vec<TrustAnchor>,
 }
 
 enum Image {
-    /// 0.2.0: the snapshot taken after `configure`.
-    Snapshot(since_v0_2_0::ProviderPre<CallState>),
+    /// 0.2.0 and later: the snapshot taken after `configure`.
+    Snapshot(Configurable),
     /// 0.1.0: no configure step; the block goes with every call.
     PerCall {
         pre: since_v0_1_0::ProviderPre<CallState>,
@@ -192,6 +197,54 @@ impl Configured {
     pub fn cached(&self) -> bool {
         self.0.cached
     }
+
+    /// The certificates this configured plugin trusts, as it reported them
+    /// (contract 0.3.0's `trust`; empty for older plugins and for providers
+    /// that trust keys rather than certificates).
+    pub fn trust(&self) -> &[TrustAnchor] {
+        &self.0.trust
+    }
+}
+
+/// One certificate a configured plugin trusts (contract 0.3.0's `trust-anchor`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TrustAnchor {
+    /// The certificate's subject, as the plugin names it.
+    pub subject: String,
+    /// `root` (a path ends here) or `intermediate`.
+    pub role: String,
+    /// Where it came from: `built-in` or `configured`.
+    pub origin: String,
+    /// notAfter, Unix seconds.
+    pub not_after: i64,
+    /// Whether a chain made today needs it (the newest intermediates and the
+    /// roots above them), as opposed to one kept for historic `--at` checks.
+    pub current: bool,
+}
+
+/// What the host lends one call besides the credential and the time.
+#[derive(Clone, Default)]
+pub struct HostInputs {
+    /// The provider's key set, answered by `host-keys`.
+    pub key_set: Option<String>,
+    /// Issuer certificates the host holds, answered by `issuers` (0.3.0).
+    pub issuers: Option<Arc<dyn IssuerBodies>>,
+}
+
+/// Bodies the host already fetched from issuer URLs, by URL.
+pub trait IssuerBodies: Send + Sync {
+    /// The body held for `url`, if any.
+    fn get(&self, url: &str) -> Option<Arc<[u8]>>;
+}
+
+/// What one call produced, and the issuer URLs the plugin asked for that the
+/// host did not hold (for the host to fetch before trying again).
+pub struct Verified {
+    /// The identity, or why not.
+    pub result: Result<Identity, CallError>,
+    /// URLs passed to `issuers.fetched` that had no answer, at most
+    /// [`contract::MAX_ISSUER_REQUESTS`].
+    pub wanted_issuers: Vec<String>,
 }
 
 impl std::fmt::Debug for Configured {
@@ -213,10 +266,12 @@ pub struct Sandbox {
     _ticker: Ticker,
 }
 
-/// Per-call state: the limiter, and the key set `host-keys` answers with.
+/// Per-call state: the limiter, what `host-keys` and `issuers` answer with,
+/// and the issuer URLs asked for in vain.
 struct CallState {
     limiter: MemoryLimiter,
-    key_set: Option<String>,
+    inputs: HostInputs,
+    wanted_issuers: Vec<String>,
 }
 
 /// Caps linear memory and remembers whether the cap was hit, so the host can say
@@ -332,15 +387,12 @@ impl Sandbox {
 
         // The contract is recognised by the exports: try the newest first.
         let pre = self.instance_pre(&component)?;
-        let (linked, info, expected) = if let Ok(pre) = since_v0_2_0::ProviderPre::new(pre.clone()) {
+        let (linked, info, expected) = if let Some(configurable) = Configurable::link(&pre) {
             let info = self
-                .call("(loading)", None, |store| {
-                    pre.instantiate(&mut *store)?
-                        .idgate_identity_verify_identity()
-                        .call_info(store)
-                })
+                .call("(loading)", &HostInputs::default(), |store| configurable.info(store))
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
-            (Linked::V0_2(pre), (info.name, info.contract), "0.2.0")
+            let expected = configurable.contract();
+            (Linked::Configurable(configurable), info, expected)
         } else {
             let pre = since_v0_1_0::ProviderPre::new(pre).map_err(|e| {
                 anyhow::anyhow!(
@@ -348,7 +400,7 @@ impl Sandbox {
                 )
             })?;
             let info = self
-                .call("(loading)", None, |store| {
+                .call("(loading)", &HostInputs::default(), |store| {
                     pre.instantiate(&mut *store)?
                         .idgate_identity_verify_identity()
                         .call_info(store)
@@ -393,7 +445,8 @@ impl Sandbox {
     fn instance_pre(&self, component: &Component) -> anyhow::Result<InstancePre<CallState>> {
         let mut linker: Linker<CallState> = Linker::new(&self.engine);
         since_v0_1_0::Provider::add_to_linker::<CallState, HasSelf<CallState>>(&mut linker, |s| s)?;
-        since_v0_2_0::Provider::add_to_linker::<CallState, HasSelf<CallState>>(&mut linker, |s| s)?;
+        contract::since_v0_2_0::Provider::add_to_linker::<CallState, HasSelf<CallState>>(&mut linker, |s| s)?;
+        contract::since_v0_3_0::Provider::add_to_linker::<CallState, HasSelf<CallState>>(&mut linker, |s| s)?;
         link_random(&mut linker, component, &self.engine)?;
         linker.define_unknown_imports_as_traps(component)?;
         Ok(linker.instantiate_pre(component)?)
@@ -468,32 +521,44 @@ impl Sandbox {
             .plugins
             .get(provider)
             .ok_or_else(|| anyhow::anyhow!("no plugin is loaded for provider {provider:?}"))?;
-        let (image, cached) = match &plugin.linked {
+        let (image, cached, trust) = match &plugin.linked {
             Linked::V0_1(pre) => (
                 Image::PerCall {
                     pre: pre.clone(),
                     config: config.clone(),
                 },
                 plugin.info.cached,
+                Vec::new(),
             ),
-            Linked::V0_2(_) => {
+            Linked::Configurable(like) => {
                 let (component, cached) = self
-                    .configured_component(plugin, &config.to_string())
+                    .configured_component(plugin, like, &config.to_string())
                     .with_context(|| format!("configuring the {provider} plugin ({})", plugin.info.path.display()))?;
-                let pre = since_v0_2_0::ProviderPre::new(self.instance_pre(&component)?)?;
-                (Image::Snapshot(pre), cached)
+                let pre = like
+                    .relink(&self.instance_pre(&component)?)
+                    .context("the configured snapshot lost its contract")?;
+                let trust = self
+                    .call(provider, &HostInputs::default(), |store| pre.trust(store))
+                    .map_err(|e| anyhow::anyhow!("{e} while listing its trust anchors"))?;
+                (Image::Snapshot(pre), cached, trust)
             }
         };
         Ok(Configured(Arc::new(ConfiguredPlugin {
             provider: provider.to_string(),
             image,
             cached,
+            trust,
         })))
     }
 
     /// The compiled snapshot of `plugin` configured with `config`, from the
     /// cache or made now.
-    fn configured_component(&self, plugin: &Plugin, config: &str) -> anyhow::Result<(Component, bool)> {
+    fn configured_component(
+        &self,
+        plugin: &Plugin,
+        like: &Configurable,
+        config: &str,
+    ) -> anyhow::Result<(Component, bool)> {
         let config_sha = hex(ring::digest::digest(&ring::digest::SHA256, config.as_bytes()).as_ref());
         let file = self.cache_dir.as_ref().map(|dir| {
             dir.join(format!(
@@ -511,19 +576,14 @@ impl Sandbox {
         let (component, _) = self.compile_cached(&instrumented.wasm, &instrumented_sha, self.cache_dir.as_deref())?;
         let pre = self.instance_pre(&component)?;
         let provider = plugin.info.provider.as_str();
-        let mut store = self.new_store(None);
+        let mut store = self.new_store(&HostInputs::default());
         let instance = pre.instantiate(&mut store)?;
         let outcome = self.guard(&mut store, provider, Instant::now(), |store| {
-            since_v0_2_0::Provider::new(&mut *store, &instance)?
-                .idgate_identity_verify_identity()
-                .call_configure(store, config)
+            like.configure_instance(store, &instance, config)
         });
         match outcome {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => bail!(
-                "the {provider} plugin refused its configuration: {}",
-                VerifyError::from(e)
-            ),
+            Ok(Err(e)) => bail!("the {provider} plugin refused its configuration: {e}"),
             Err(e) => bail!("{e} while configuring"),
         }
         let configured = instrumented.snapshot(&mut store, instance)?;
@@ -560,21 +620,39 @@ impl Sandbox {
         key_set: Option<&str>,
         now: i64,
     ) -> Result<Identity, CallError> {
-        let provider = plugin.provider();
-        let result = match &plugin.0.image {
-            Image::Snapshot(pre) => self
-                .call(provider, key_set, |store| {
-                    pre.instantiate(&mut *store)?
-                        .idgate_identity_verify_identity()
-                        .call_verify(store, credential, now)
-                })?
-                .map(|id| (id.instance_id, id.attributes))
-                .map_err(VerifyError::from),
-            Image::PerCall { pre, config } => {
-                self.verify_v0_1(pre, provider, credential, &with_key_set(config, key_set), now)?
-            }
+        let inputs = HostInputs {
+            key_set: key_set.map(str::to_string),
+            issuers: None,
         };
-        identity(result)
+        self.verify_with(plugin, credential, &inputs, now).result
+    }
+
+    /// [`Sandbox::verify`] with everything the host lends the call, returning
+    /// also the issuer URLs the plugin asked for that `inputs` did not hold.
+    pub fn verify_with(&self, plugin: &Configured, credential: &str, inputs: &HostInputs, now: i64) -> Verified {
+        let provider = plugin.provider();
+        let mut wanted_issuers = Vec::new();
+        let result = match &plugin.0.image {
+            Image::Snapshot(pre) => {
+                let mut store = self.new_store(inputs);
+                let answer = self.guard(&mut store, provider, Instant::now(), |store| {
+                    pre.verify(store, credential, now)
+                });
+                wanted_issuers = std::mem::take(&mut store.data_mut().wanted_issuers);
+                answer
+            }
+            Image::PerCall { pre, config } => self.verify_v0_1(
+                pre,
+                provider,
+                credential,
+                &with_key_set(config, inputs.key_set.as_deref()),
+                now,
+            ),
+        };
+        Verified {
+            result: result.and_then(identity),
+            wanted_issuers,
+        }
     }
 
     /// One call of a 0.1.0 plugin, which takes its configuration on every call.
@@ -587,7 +665,7 @@ impl Sandbox {
         now: i64,
     ) -> Result<PluginAnswer, CallError> {
         Ok(self
-            .call(provider, None, |store| {
+            .call(provider, &HostInputs::default(), |store| {
                 pre.instantiate(&mut *store)?
                     .idgate_identity_verify_identity()
                     .call_verify(store, credential, config, now)
@@ -613,18 +691,14 @@ impl Sandbox {
             .plugins
             .get(provider)
             .ok_or_else(|| CallError::NotLoaded(provider.to_string()))?;
+        let inputs = HostInputs {
+            key_set: key_set.map(str::to_string),
+            issuers: None,
+        };
         let result = match &plugin.linked {
-            Linked::V0_2(pre) => self
-                .call(provider, key_set, |store| {
-                    let instance = pre.instantiate(&mut *store)?;
-                    let exports = instance.idgate_identity_verify_identity();
-                    Ok(match exports.call_configure(&mut *store, config)? {
-                        Ok(()) => exports.call_verify(store, credential, now)?,
-                        Err(e) => Err(e),
-                    })
-                })?
-                .map(|id| (id.instance_id, id.attributes))
-                .map_err(VerifyError::from),
+            Linked::Configurable(pre) => self.call(provider, &inputs, |store| {
+                pre.configure_and_verify(store, config, credential, now)
+            })?,
             Linked::V0_1(pre) => {
                 let config = match (key_set, serde_json::from_str::<serde_json::Value>(config)) {
                     (Some(_), Ok(value)) => with_key_set(&value, key_set),
@@ -646,6 +720,18 @@ impl Sandbox {
         key_set: Option<String>,
         now: i64,
     ) -> Result<Identity, CallError> {
+        let inputs = HostInputs { key_set, issuers: None };
+        self.verify_async_with(plugin, credential, inputs, now).await.result
+    }
+
+    /// [`Sandbox::verify_with`] under the same permits as [`Sandbox::verify_async`].
+    pub async fn verify_async_with(
+        self: &Arc<Self>,
+        plugin: &Configured,
+        credential: String,
+        inputs: HostInputs,
+        now: i64,
+    ) -> Verified {
         let _permit = self
             .permits
             .clone()
@@ -653,24 +739,25 @@ impl Sandbox {
             .await
             .expect("semaphore never closed");
         if self.limits.inline_calls {
-            return self.verify(plugin, &credential, key_set.as_deref(), now);
+            return self.verify_with(plugin, &credential, &inputs, now);
         }
         let this = self.clone();
         let configured = plugin.clone();
-        tokio::task::spawn_blocking(move || this.verify(&configured, &credential, key_set.as_deref(), now))
+        tokio::task::spawn_blocking(move || this.verify_with(&configured, &credential, &inputs, now))
             .await
-            .unwrap_or_else(|e| {
-                Err(CallError::Fault {
+            .unwrap_or_else(|e| Verified {
+                result: Err(CallError::Fault {
                     provider: plugin.provider().to_string(),
                     message: format!("verification task failed: {e}"),
                     kind: FaultKind::Trap,
-                })
+                }),
+                wanted_issuers: Vec::new(),
             })
     }
 
-    /// A fresh store under the limits: memory cap, CPU deadline, and the key set
-    /// `host-keys` answers with.
-    fn new_store(&self, key_set: Option<&str>) -> Store<CallState> {
+    /// A fresh store under the limits: memory cap, CPU deadline, and what
+    /// `host-keys` and `issuers` answer with.
+    fn new_store(&self, inputs: &HostInputs) -> Store<CallState> {
         let mut store = Store::new(
             &self.engine,
             CallState {
@@ -678,7 +765,8 @@ impl Sandbox {
                     max_bytes: self.limits.memory_bytes,
                     hit: false,
                 },
-                key_set: key_set.map(str::to_string),
+                inputs: inputs.clone(),
+                wanted_issuers: Vec::new(),
             },
         );
         store.limiter(|s| &mut s.limiter);
@@ -692,10 +780,10 @@ impl Sandbox {
     fn call<R>(
         &self,
         provider: &str,
-        key_set: Option<&str>,
+        inputs: &HostInputs,
         f: impl FnOnce(&mut Store<CallState>) -> wasmtime::Result<R>,
     ) -> Result<R, CallError> {
-        let mut store = self.new_store(key_set);
+        let mut store = self.new_store(inputs);
         self.guard(&mut store, provider, Instant::now(), f)
     }
 

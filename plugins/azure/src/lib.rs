@@ -6,11 +6,14 @@
 //! 1. the CMS signature of the document (directly over the content: Azure sends
 //!    no signed attributes) with the key of the certificate the PKCS#7 carries —
 //!    Coder skipped this (GHSA-6x44-w3xg-hqqf);
-//! 2. that certificate's chain to a pinned root ([`chain`], [`trust`], config);
+//! 2. that certificate's chain to a pinned root ([`chain`], [`trust`], config;
+//!    an issuer none of them has may come from its AIA URL through the host,
+//!    [`aia`]);
 //! 3. the signer's CN or a DNS SAN is an IMDS name ([`signer_name`]);
 //! 4. `timeStamp.expiresOn` has not passed (unless configured off);
 //! 5. the subscription is allowed, if the operator set an allow-list.
 
+pub mod aia;
 pub mod cert;
 pub mod chain;
 pub mod config;
@@ -39,6 +42,10 @@ impl Provider for Azure {
     fn verify(crypto: &dyn Crypto, config: &Config, credential: &str, now: i64) -> Result<Identity, VerifyError> {
         let pkcs7 = credential_pkcs7(credential)?;
         verify_pkcs7(crypto, &pkcs7, config, now)
+    }
+
+    fn trust(config: &Config) -> Vec<idgate_plugin_kit::TrustAnchor> {
+        config.trust_anchors()
     }
 }
 
@@ -71,12 +78,13 @@ pub fn verify_pkcs7(crypto: &dyn Crypto, pkcs7: &[u8], config: &Config, now: i64
     // serve as intermediates, never as roots.
     // One already in the store (IMDS sends its issuing CA) needs no second parse.
     let known = |der: &[u8]| config.store.intermediates.iter().any(|c| c.der == der);
-    let carried: Vec<Cert> = signed
+    let mut carried: Vec<Cert> = signed
         .certificates()
         .iter()
         .filter(|der| der.as_slice() != signer_der && !known(der))
         .filter_map(|der| Cert::parse(der).ok())
         .collect();
+    aia::add_fetched_issuers(&signer, &config.store, &mut carried);
     chain::validate_with(crypto, &signer, &config.store, &carried, now)?;
 
     // 3. The signer is an IMDS endpoint.

@@ -1,12 +1,22 @@
 //! The WebAssembly side: generated bindings and the adapter from [`Provider`] to
-//! the exported `verify-identity` interface (contract 0.2.0, or 0.1.0 with the
-//! `contract-0-1` feature).
+//! the exported `verify-identity` interface (contract 0.3.0; 0.2.0 with the
+//! `contract-0-2` feature, 0.1.0 with `contract-0-1`).
 
 use std::sync::OnceLock;
 
+#[cfg(not(any(feature = "contract-0-1", feature = "contract-0-2")))]
+use crate::TrustAnchor;
 use crate::{Crypto, DigestAlgorithm, Identity, Provider, SignatureAlgorithm, VerifyError};
 
-#[cfg(not(feature = "contract-0-1"))]
+#[cfg(not(any(feature = "contract-0-1", feature = "contract-0-2")))]
+wit_bindgen::generate!({
+    world: "provider",
+    path: "../../wit/0.3.0",
+    pub_export_macro: true,
+    default_bindings_module: "idgate_plugin_kit::component",
+});
+
+#[cfg(all(feature = "contract-0-2", not(feature = "contract-0-1")))]
 wit_bindgen::generate!({
     world: "provider",
     path: "../../wit/0.2.0",
@@ -126,6 +136,29 @@ impl<P: Configured> Guest for P {
         P::verify(&HostCrypto, config, &credential, now)
             .map(to_wit_identity)
             .map_err(to_wit)
+    }
+
+    #[cfg(not(feature = "contract-0-2"))]
+    fn trust() -> Vec<wit::TrustAnchor> {
+        P::configured()
+            .get()
+            .map(|config| P::trust(config).into_iter().map(to_wit_anchor).collect())
+            .unwrap_or_default()
+    }
+}
+
+#[cfg(not(any(feature = "contract-0-1", feature = "contract-0-2")))]
+fn to_wit_anchor(a: TrustAnchor) -> wit::TrustAnchor {
+    wit::TrustAnchor {
+        subject: a.subject,
+        role: if a.root {
+            wit::AnchorRole::Root
+        } else {
+            wit::AnchorRole::Intermediate
+        },
+        origin: a.origin.to_string(),
+        not_after: a.not_after,
+        current: a.current,
     }
 }
 

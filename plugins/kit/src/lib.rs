@@ -1,19 +1,22 @@
-//! The plugin side of idgate's contract (`wit/0.2.0/identity.wit`).
+//! The plugin side of idgate's contract (`wit/0.3.0/identity.wit`).
 //!
 //! A provider plugin implements [`Provider`] with ordinary Rust types and calls
 //! [`export_provider!`]; this crate owns the generated WebAssembly bindings, the
 //! conversion to and from the contract's types, and the small helpers every
 //! verifier needs (PEM, base64, time). Because the verifier logic only sees the
-//! [`Crypto`] trait (and [`host_keys`]), the same code also runs natively (the
-//! host's benchmarks compare the two).
+//! [`Crypto`] trait (and [`host_keys`], [`issuers`]), the same code also runs
+//! natively (the host's benchmarks compare the two).
 //!
 //! The `contract-0-1` feature builds the same provider against the previous
 //! contract (`wit/0.1.0`, configuration passed to every `verify`), so the host's
-//! support for 0.1.0 plugins can be tested with a real plugin.
+//! support for 0.1.0 plugins can be tested with a real plugin; `contract-0-2`
+//! builds it against 0.2.0 (no `issuers` import: [`issuers::fetched`] answers
+//! `None`).
 
 pub mod ber;
 pub mod encoding;
 pub mod host_keys;
+pub mod issuers;
 pub mod pem;
 pub mod signed_data;
 pub mod time;
@@ -27,8 +30,10 @@ pub mod component;
 /// The contract version this crate implements (the WIT package version).
 pub const CONTRACT_VERSION: &str = if cfg!(feature = "contract-0-1") {
     "0.1.0"
-} else {
+} else if cfg!(feature = "contract-0-2") {
     "0.2.0"
+} else {
+    "0.3.0"
 };
 
 /// What a plugin proved about the machine that sent the credential.
@@ -59,6 +64,22 @@ impl Identity {
     pub fn attribute(&self, name: &str) -> Option<&str> {
         self.attributes.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }
+}
+
+/// One certificate a configured provider trusts; mirrors the contract's
+/// `trust-anchor`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrustAnchor {
+    /// The certificate's subject, for people.
+    pub subject: String,
+    /// Whether a path may end here (a root) or only pass through.
+    pub root: bool,
+    /// `built-in` or `configured`.
+    pub origin: &'static str,
+    /// notAfter, Unix seconds.
+    pub not_after: i64,
+    /// Whether a chain made today needs it (not only kept for historic checks).
+    pub current: bool,
 }
 
 /// Why a credential was refused; mirrors the contract's `verify-error`.
@@ -184,6 +205,14 @@ pub trait Provider {
 
     /// Verifies one credential; see `verify` in the WIT for the arguments.
     fn verify(crypto: &dyn Crypto, config: &Self::Config, credential: &str, now: i64) -> Result<Identity, VerifyError>;
+
+    /// The certificates `config` trusts, for the host's listing and expiry
+    /// watch (contract 0.3.0's `trust`). The default, none, suits providers
+    /// that trust keys rather than certificates.
+    fn trust(config: &Self::Config) -> Vec<TrustAnchor> {
+        let _ = config;
+        Vec::new()
+    }
 
     /// Configures and verifies in one step, as a 0.1.0 plugin did on every call
     /// (unit tests, and the benchmarks' configure-per-call comparison).

@@ -1,0 +1,92 @@
+//! Provider-block values the host reads from files, so operators can update
+//! what a plugin trusts (a CA bundle, say) by replacing a file: `K_file =
+//! "PATH"` in any provider block is handed to the plugin as `K` holding the
+//! file's text. The plugin, which has no filesystem, sees only the text; the
+//! configured snapshot is keyed by it, so a changed file means a new snapshot.
+
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use serde_json::Value;
+
+/// Suffix of keys whose value is a path the host reads.
+pub const FILE_SUFFIX: &str = "_file";
+/// Largest file read this way (a bundle of a hundred certificates is ~200 KB).
+pub const MAX_FILE_BYTES: u64 = 1 << 20;
+
+/// `block` with every top-level `K_file = "PATH"` replaced by `K = <text of
+/// PATH>`. Errors name the key and the file: not a string, unreadable, too
+/// large, not UTF-8, or `K` also set.
+pub fn resolve(provider: &str, mut block: Value) -> anyhow::Result<Value> {
+    let Some(map) = block.as_object_mut() else {
+        return Ok(block);
+    };
+    let file_keys: Vec<String> = map.keys().filter(|k| k.ends_with(FILE_SUFFIX)).cloned().collect();
+    for file_key in file_keys {
+        let key = file_key.trim_end_matches(FILE_SUFFIX).to_string();
+        if key.is_empty() {
+            continue;
+        }
+        if map.contains_key(&key) {
+            bail!("[{provider}] sets both {key:?} and {file_key:?}: choose one");
+        }
+        let Some(Value::String(path)) = map.remove(&file_key) else {
+            bail!("[{provider}] {file_key} must be a file path (a string)");
+        };
+        let text = read_text(Path::new(&path)).with_context(|| format!("[{provider}] {file_key} = {path:?}"))?;
+        map.insert(key, Value::String(text));
+    }
+    Ok(block)
+}
+
+fn read_text(path: &Path) -> anyhow::Result<String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).context("opening")?;
+    let meta = file.metadata().context("reading its metadata")?;
+    if !meta.is_file() {
+        bail!("not a regular file");
+    }
+    if meta.len() > MAX_FILE_BYTES {
+        bail!("{} bytes, more than the {MAX_FILE_BYTES} allowed", meta.len());
+    }
+    let mut text = String::new();
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_string(&mut text)
+        .context("reading it as UTF-8 text")?;
+    Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn file_keys_become_their_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let bundle = dir.path().join("roots.pem");
+        std::fs::write(&bundle, "PEM TEXT").unwrap();
+        let block = json!({"roots_file": bundle.to_str().unwrap(), "check_expires_on": false});
+        assert_eq!(
+            resolve("azure", block).unwrap(),
+            json!({"roots": "PEM TEXT", "check_expires_on": false})
+        );
+        // No file keys: unchanged.
+        assert_eq!(resolve("aws", json!({"a": 1})).unwrap(), json!({"a": 1}));
+    }
+
+    #[test]
+    fn bad_file_keys_are_errors_naming_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.pem");
+        for (block, why) in [
+            (json!({"roots_file": missing.to_str().unwrap()}), "roots_file"),
+            (json!({"roots_file": 5}), "must be a file path"),
+            (json!({"roots_file": "/x", "roots": "y"}), "both"),
+            (json!({"roots_file": dir.path().to_str().unwrap()}), "regular file"),
+        ] {
+            let err = format!("{:#}", resolve("azure", block).unwrap_err());
+            assert!(err.contains(why), "{err}");
+        }
+    }
+}
