@@ -448,18 +448,29 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     if state.auth.sandbox().plugins().is_empty() {
         problems.push("no plugins are loaded".to_string());
     }
+    // Expiring trust material is a warning, not a failure: the other
+    // providers, and this one until the date, still serve.
+    let warnings = crate::expiry::warnings(&state.auth, crate::clock::unix_now());
+    let warned = if warnings.is_empty() {
+        String::new()
+    } else {
+        format!("warning: {}\n", warnings.join("; "))
+    };
     if problems.is_empty() {
-        (StatusCode::OK, "ready\n").into_response()
+        (StatusCode::OK, format!("ready\n{warned}")).into_response()
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: {}\n", problems.join("; ")),
+            format!("not ready: {}\n{warned}", problems.join("; ")),
         )
             .into_response()
     }
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    for (provider, left, _) in crate::expiry::time_left(&state.auth, crate::clock::unix_now()) {
+        state.metrics.trust_time_left(&provider, left);
+    }
     (
         [(
             header::CONTENT_TYPE,

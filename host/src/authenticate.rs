@@ -93,6 +93,8 @@ pub struct Authenticator {
     gcp_keys: Option<KeyCache>,
     /// Issuer certificates fetched for plugins; `None` when no host is allowed.
     issuers: Option<Arc<IssuerFetcher>>,
+    /// Warn this long before current trust material expires (`trust_warning_days`).
+    trust_warning_secs: i64,
     /// Runs verifications instead of the sandbox (benchmarks only).
     stand_in: Option<Arc<dyn Verifier>>,
 }
@@ -134,6 +136,12 @@ impl Authenticator {
             unconfigured,
             gcp_keys,
             issuers: issuers.enabled().then(|| Arc::new(issuers)),
+            trust_warning_secs: file
+                .host
+                .trust_warning_days
+                .unwrap_or(crate::expiry::DEFAULT_WARNING_DAYS)
+                .saturating_mul(86_400)
+                .min(i64::MAX as u64) as i64,
             stand_in: None,
         })
     }
@@ -181,6 +189,11 @@ impl Authenticator {
     /// The configured plugins, by provider.
     pub fn configured(&self) -> &BTreeMap<String, Configured> {
         &self.configured
+    }
+
+    /// How long before current trust material expires `/readyz` warns, seconds.
+    pub fn trust_warning_secs(&self) -> i64 {
+        self.trust_warning_secs
     }
 
     /// What `provider`'s configured plugin trusts (empty if none is configured).

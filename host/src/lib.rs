@@ -13,6 +13,7 @@ pub mod config;
 pub mod crypto;
 pub mod db;
 pub mod descriptors;
+pub mod expiry;
 pub mod file_trust;
 pub mod issuers;
 pub mod jwks;

@@ -6,6 +6,7 @@ use std::time::Duration;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
@@ -43,6 +44,7 @@ pub struct Metrics {
     resolve_seconds: Histogram,
     pool_wait_seconds: Histogram,
     plugin_faults: Family<FaultLabels, Counter>,
+    trust_seconds_left: Family<ProviderLabels, Gauge>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -58,6 +60,7 @@ impl Default for Metrics {
         let resolve_seconds = latency_histogram();
         let pool_wait_seconds = latency_histogram();
         let plugin_faults = Family::<FaultLabels, Counter>::default();
+        let trust_seconds_left = Family::<ProviderLabels, Gauge>::default();
         let mut registry = Registry::with_prefix("idgate");
         registry.register(
             "requests",
@@ -84,6 +87,11 @@ impl Default for Metrics {
             "Plugin traps, deadlines and memory failures",
             plugin_faults.clone(),
         );
+        registry.register(
+            "trust_seconds_left",
+            "Seconds until the first certificate a provider's current chains need expires (negative: expired)",
+            trust_seconds_left.clone(),
+        );
         Metrics {
             registry: Mutex::new(registry),
             requests,
@@ -91,6 +99,7 @@ impl Default for Metrics {
             resolve_seconds,
             pool_wait_seconds,
             plugin_faults,
+            trust_seconds_left,
         }
     }
 }
@@ -133,6 +142,15 @@ impl Metrics {
                 kind: kind.to_string(),
             })
             .inc();
+    }
+
+    /// Sets the time left on `provider`'s current trust material.
+    pub fn trust_time_left(&self, provider: &str, seconds: i64) {
+        self.trust_seconds_left
+            .get_or_create(&ProviderLabels {
+                provider: provider.to_string(),
+            })
+            .set(seconds);
     }
 
     /// The Prometheus text exposition.

@@ -337,3 +337,134 @@ async fn fetched_issuers_are_bounded_and_never_trusted_by_themselves() {
     assert!(why.contains("signature") || why.contains("rogue"), "{why}");
     assert_eq!(server.hits("/rogue.crt"), 1);
 }
+
+// ---------------------------------------------------------------------------
+// The expiry watch as operators see it.
+
+/// `/metrics` exports the time left on Azure's current trust material, and
+/// `/readyz` warns (still 200) once it falls inside `trust_warning_days`.
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_and_readyz_show_the_time_left() {
+    let db = idgate_tests::pg::fresh_database().await;
+    let client = reqwest::Client::new();
+    // A window of a century: every current certificate is inside it.
+    for (config, warned) in [("trust_warning_days = 36500\n", true), ("", false)] {
+        let base = crate::http::serve_router(
+            idgate_tests::sandbox().clone(),
+            config,
+            db.pool.clone(),
+            idgate::api::ApiLimits::default(),
+        )
+        .await;
+        let metrics = client
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let line = metrics
+            .lines()
+            .find(|l| l.starts_with("idgate_trust_seconds_left{provider=\"azure\"}"))
+            .unwrap_or_else(|| panic!("no Azure trust gauge in\n{metrics}"));
+        let left: i64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+        assert!(left > WARNING_SECS, "{line}");
+        // Providers without certificates export nothing.
+        assert!(
+            !metrics.contains("idgate_trust_seconds_left{provider=\"aws\"}"),
+            "{metrics}"
+        );
+
+        let ready = client.get(format!("{base}/readyz")).send().await.unwrap();
+        assert_eq!(ready.status(), 200);
+        let body = ready.text().await.unwrap();
+        assert_eq!(
+            body.contains("warning: azure: intermediate") && body.contains("expires at 2029-06-03"),
+            warned,
+            "{body}"
+        );
+    }
+}
+
+/// `idgate plugins --trust` lists every anchor with its notAfter and exits 1
+/// when a current one is inside the warning window.
+#[test]
+fn the_plugins_command_lists_trust_anchors() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |config: &str| {
+        let path = dir.path().join("idgate.toml");
+        std::fs::write(&path, config).unwrap();
+        std::process::Command::new(crate::http::idgate_binary())
+            .args(["--plugins"])
+            .arg(idgate_tests::test_plugin_dir())
+            .arg("--cache-dir")
+            .arg(idgate_tests::component_cache_dir())
+            .arg("--config")
+            .arg(&path)
+            .args(["plugins", "--trust"])
+            .output()
+            .unwrap()
+    };
+    let out = run("");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.lines().any(|l| l.contains("intermediate")
+            && l.contains("current")
+            && l.contains("notAfter 2029-06-03")
+            && l.contains("Microsoft TLS G2 RSA CA OCSP 02")),
+        "{stdout}"
+    );
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.contains("historic") && l.contains("Issuing CA 03")),
+        "{stdout}"
+    );
+    assert!(stdout.contains("aws: no certificates"), "{stdout}");
+
+    let out = run("trust_warning_days = 36500\n");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("warning: azure:"));
+}
+
+/// Operators update CAs without a release: `roots_file` / `intermediates_file`
+/// name PEM bundles the host reads and hands to the plugin as `roots` /
+/// `intermediates`.
+#[tokio::test(flavor = "multi_thread")]
+async fn roots_and_intermediates_come_from_bundle_files() {
+    let root = TestCa::root("idgate bundled root");
+    let inter = root.issue_ca("idgate bundled intermediate", 1, true);
+    let leaf = leaf_with_aia(&inter, "http://caissuers.microsoft.com/not-fetched.crt");
+    let dir = tempfile::tempdir().unwrap();
+    let (roots, intermediates) = (dir.path().join("roots.pem"), dir.path().join("intermediates.pem"));
+    std::fs::write(&roots, &root.pem).unwrap();
+    std::fs::write(&intermediates, &inter.pem).unwrap();
+    let text = format!(
+        "[issuers]\nallowed_hosts = []\n[azure]\nroots_file = {:?}\nintermediates_file = {:?}\n",
+        roots.display().to_string(),
+        intermediates.display().to_string()
+    );
+    let auth = Authenticator::new(idgate_tests::sandbox().clone(), &FileConfig::parse(&text).unwrap()).unwrap();
+    let id = auth.verify("azure", credential(&leaf), NOW).await.unwrap();
+    assert_eq!(id.instance_id, "11111111-2222-3333-4444-555555555555");
+    assert!(auth
+        .trust("azure")
+        .iter()
+        .any(|a| a.origin == "configured" && a.subject.contains("idgate bundled intermediate")));
+
+    // A bundle that is not there stops start-up, naming the key and the file.
+    let missing = format!(
+        "[azure]\nroots_file = {:?}\n",
+        dir.path().join("gone.pem").display().to_string()
+    );
+    let err = Authenticator::new(idgate_tests::sandbox().clone(), &FileConfig::parse(&missing).unwrap())
+        .err()
+        .expect("a missing bundle is an error");
+    assert!(format!("{err:#}").contains("roots_file"), "{err:#}");
+}

@@ -53,8 +53,8 @@ pub struct GlobalArgs {
 pub enum Command {
     /// Verify one request body (read from stdin) and print the identity as JSON.
     Verify(VerifyArgs),
-    /// List the loaded plugins.
-    Plugins,
+    /// List the loaded plugins (with `--trust`, what each trusts and until when).
+    Plugins(PluginsArgs),
     /// Serve the HTTP API.
     Serve(ServeArgs),
     /// Apply the database migrations and exit.
@@ -65,6 +65,17 @@ pub enum Command {
     /// Rebuild or delete workspaces.
     #[command(subcommand)]
     Workspaces(admin::WorkspacesCommand),
+}
+
+/// `idgate plugins`.
+#[derive(Debug, clap::Args)]
+pub struct PluginsArgs {
+    /// Also configure each plugin and list the certificates it trusts
+    /// (built-in and configured) with their notAfter, marking those current
+    /// chains need; exits 1 if any current one expires within
+    /// `trust_warning_days`.
+    #[arg(long)]
+    pub trust: bool,
 }
 
 /// `idgate serve`.
@@ -172,14 +183,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             result.map(|()| ExitCode::SUCCESS)
         }
         Command::Verify(args) => verify(&settings, args).await,
-        Command::Plugins => list_plugins(&settings),
+        Command::Plugins(args) => list_plugins(&settings, &args),
     }
 }
 
 /// `idgate plugins`: every plugin with the full digest to pin and whether the
 /// configured pins accept it. It loads without enforcing the pins (the point is to
 /// learn the digests), but with the directory checks.
-fn list_plugins(settings: &Settings) -> anyhow::Result<ExitCode> {
+fn list_plugins(settings: &Settings, args: &PluginsArgs) -> anyhow::Result<ExitCode> {
     let pins = settings.pins()?;
     let sandbox = Sandbox::load(
         &settings.plugins,
@@ -203,7 +214,45 @@ fn list_plugins(settings: &Settings) -> anyhow::Result<ExitCode> {
             if p.cached { "  (cached)" } else { "" }
         );
     }
+    if args.trust {
+        return list_trust(settings);
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `idgate plugins --trust`: every configured plugin's trust anchors, then the
+/// expiry warnings `/readyz` would give.
+fn list_trust(settings: &Settings) -> anyhow::Result<ExitCode> {
+    use idgate_plugin_kit::time::format_rfc3339;
+    let auth = Authenticator::new(Arc::new(settings.sandbox()?), &settings.file)?;
+    for (provider, configured) in auth.configured() {
+        println!();
+        let anchors = configured.trust();
+        if anchors.is_empty() {
+            println!("{provider}: no certificates (it trusts keys, or its certificates only carry keys)");
+            continue;
+        }
+        println!("{provider}:");
+        for a in anchors {
+            println!(
+                "  {:<12} {:<10} {:<8} notAfter {}  {}",
+                a.role,
+                a.origin,
+                if a.current { "current" } else { "historic" },
+                format_rfc3339(a.not_after),
+                a.subject
+            );
+        }
+    }
+    let warnings = crate::expiry::warnings(&auth, crate::clock::unix_now());
+    for w in &warnings {
+        eprintln!("warning: {w}");
+    }
+    Ok(if warnings.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 async fn verify(settings: &Settings, args: VerifyArgs) -> anyhow::Result<ExitCode> {

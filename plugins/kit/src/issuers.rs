@@ -11,7 +11,7 @@
 
 #[cfg(not(all(target_arch = "wasm32", not(any(feature = "contract-0-1", feature = "contract-0-2")))))]
 thread_local! {
-    static FETCHED: std::cell::RefCell<Option<Vec<(String, Vec<u8>)>>> = const { std::cell::RefCell::new(None) };
+    static FETCHED: std::cell::RefCell<Vec<(String, Vec<u8>)>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// The body the host holds for `url`, if any (`None` also before the host has
@@ -23,11 +23,7 @@ pub fn fetched(url: &str) -> Option<Vec<u8>> {
     }
     #[cfg(not(all(target_arch = "wasm32", not(any(feature = "contract-0-1", feature = "contract-0-2")))))]
     {
-        FETCHED.with(|f| {
-            f.borrow()
-                .as_ref()
-                .and_then(|all| all.iter().find(|(u, _)| u == url).map(|(_, body)| body.clone()))
-        })
+        FETCHED.with(|f| f.borrow().iter().find(|(u, _)| u == url).map(|(_, body)| body.clone()))
     }
 }
 
@@ -42,7 +38,7 @@ pub fn with_fetched<R>(bodies: &[(&str, &[u8])], f: impl FnOnce() -> R) -> R {
     #[cfg(not(all(target_arch = "wasm32", not(any(feature = "contract-0-1", feature = "contract-0-2")))))]
     {
         let owned = bodies.iter().map(|(u, b)| (u.to_string(), b.to_vec())).collect();
-        let previous = FETCHED.with(|cell| cell.replace(Some(owned)));
+        let previous = FETCHED.with(|cell| cell.replace(owned));
         let out = f();
         FETCHED.with(|cell| *cell.borrow_mut() = previous);
         out
