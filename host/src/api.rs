@@ -22,7 +22,7 @@ use utoipa::{OpenApi, ToSchema};
 use crate::authenticate::{AuthError, Authenticator};
 use crate::db::resolve::{resolve_measured, Resolution, Resolver};
 use crate::metrics::Metrics;
-use crate::request::{parse_body, route, BodyError, Route, Validation};
+use crate::request::{parse_body, BodyError, Validation};
 use crate::sandbox::{CallError, FaultKind};
 
 /// Request limits of the HTTP API.
@@ -160,6 +160,8 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/api/v2/workspaceagents/google-instance-identity",
             post(google_instance_identity),
         )
+        // Every other mount: `<mount>-instance-identity`.
+        .route("/api/v2/workspaceagents/{segment}", post(mount_instance_identity))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -241,8 +243,33 @@ struct Audit {
     agent: Option<String>,
 }
 
+/// `POST /api/v2/workspaceagents/<mount>-instance-identity` for a mount other
+/// than Coder's three. A path that names no known mount is a plain 404,
+/// without an audit line or a metrics label (those stay bounded by the
+/// configuration, whatever clients send).
+async fn mount_instance_identity(
+    State(state): State<Arc<AppState>>,
+    axum::extract::Path(segment): axum::extract::Path<String>,
+    body: Body,
+) -> Response {
+    match crate::mounts::mount_of_path(&segment) {
+        Some(mount) if state.auth.knows(mount) => authenticate(&state, mount, body).await,
+        _ => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("No provider is mounted at /api/v2/workspaceagents/{segment}."),
+            None,
+        )
+        .into_response(),
+    }
+}
+
 async fn authenticate(state: &AppState, provider: &str, body: Body) -> Response {
-    let route = route(provider).expect("handlers exist only for routed providers");
+    let route = Route {
+        provider,
+        display: state.auth.display(provider),
+    };
+    let route = &route;
     let mut audit = Audit::default();
     let result = match tokio::time::timeout(state.limits.request_timeout, attempt(state, route, body, &mut audit)).await
     {
@@ -283,7 +310,13 @@ async fn authenticate(state: &AppState, provider: &str, body: Body) -> Response 
     }
 }
 
-async fn attempt(state: &AppState, route: &Route, body: Body, audit: &mut Audit) -> Result<String, ApiError> {
+/// The mount a request is for, and its name in messages.
+struct Route<'a> {
+    provider: &'a str,
+    display: String,
+}
+
+async fn attempt(state: &AppState, route: &Route<'_>, body: Body, audit: &mut Audit) -> Result<String, ApiError> {
     let bytes = axum::body::to_bytes(body, state.limits.max_body_bytes)
         .await
         .map_err(|_| {
@@ -346,7 +379,7 @@ async fn attempt(state: &AppState, route: &Route, body: Body, audit: &mut Audit)
     }
 }
 
-fn verify_error(state: &AppState, route: &Route, e: AuthError) -> ApiError {
+fn verify_error(state: &AppState, route: &Route<'_>, e: AuthError) -> ApiError {
     let invalid = format!("Invalid {} identity.", route.display);
     match e {
         AuthError::Call(CallError::Rejected(e)) => {
@@ -437,10 +470,10 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
         Ok(Err(e)) => problems.push(format!("database: {e}")),
         Err(_) => problems.push("database: no answer within 2 s".to_string()),
     }
-    for provider in &state.configured {
-        if !state.auth.sandbox().has(provider) {
-            problems.push(format!("plugin {provider:?} is configured but not loaded"));
-        }
+    for (mount, plugin) in state.auth.unloaded() {
+        problems.push(format!(
+            "mount {mount:?} is configured but its plugin {plugin:?} is not loaded"
+        ));
     }
     for (provider, reason) in state.auth.unconfigured() {
         problems.push(format!("plugin {provider:?} is not serving: {reason}"));

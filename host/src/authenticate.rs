@@ -1,6 +1,7 @@
-//! From a credential to a verified identity: configures every loaded plugin
-//! once with its provider block (refusing to start on a bad one), then per call
-//! adds host-fetched key material (Google's keys for `gcp`) and runs the plugin;
+//! From a credential to a verified identity: configures every mount (a plugin
+//! and a block, `mounts.rs`) once (refusing to start on a bad block), then per
+//! call adds the mount's host-fetched key set (Google's keys for `gcp`, any
+//! mount's `jwks_url`/`jwks_file`) and runs the plugin;
 //! when the plugin asked for issuer certificates the host does not hold yet
 //! (`issuers`), fetches them and runs it again.
 //! Shared by `idgate verify` and the HTTP API so both verify the same way.
@@ -22,6 +23,7 @@ use idgate_plugin_kit::{Identity, VerifyError};
 use crate::config::FileConfig;
 use crate::issuers::IssuerFetcher;
 use crate::jwks::KeyCache;
+use crate::mounts::{self, MountSpec};
 use crate::sandbox::{CallError, Configured, HostInputs, IssuerBodies, Sandbox, TrustAnchor};
 
 /// Extra runs of one verification after fetching issuers it asked for: one
@@ -68,29 +70,35 @@ pub trait Verifier: Send + Sync {
     ) -> Pin<Box<dyn Future<Output = Result<Identity, CallError>> + Send + 'a>>;
 }
 
-/// The provider block a plugin is configured with: the operator's `[provider]`
-/// table (`block`) without the host's own key-cache settings (`jwks_url`, ...),
-/// which are the host's business, not the plugin's.
-pub fn plugin_block(provider: &str, mut block: serde_json::Value) -> serde_json::Value {
-    if provider == "gcp" {
-        if let Some(map) = block.as_object_mut() {
-            for key in crate::jwks::HOST_KEYS {
-                map.remove(key);
-            }
-        }
-    }
-    block
+/// The provider block a plugin is configured with: the operator's block
+/// without the host's own keys (key sources, display name; see
+/// [`mounts::HOST_BLOCK_KEYS`]), which are the host's business, not the plugin's.
+/// (`provider` is kept for callers that configure by provider name.)
+pub fn plugin_block(provider: &str, block: serde_json::Value) -> serde_json::Value {
+    let _ = provider;
+    mounts::plugin_block(block)
+}
+
+/// One served mount.
+struct Mount {
+    configured: Configured,
+    /// The mount's host-fetched key set, if its block names a source (or its
+    /// plugin has a default one).
+    keys: Option<KeyCache>,
+    /// The name in messages.
+    display: String,
 }
 
 /// Verifies credentials with the loaded plugins and the operator's configuration.
 pub struct Authenticator {
     sandbox: Arc<Sandbox>,
-    configured: BTreeMap<String, Configured>,
+    mounts: BTreeMap<String, Mount>,
+    /// Mounts whose plugin is not loaded: mount → plugin.
+    unloaded: BTreeMap<String, String>,
     /// Plugins with no block in the configuration file that refused the empty
     /// one, with the plugin's reason: their provider answers `bad-config` and
     /// `/readyz` says why, instead of a dropped-in plugin stopping the server.
     unconfigured: BTreeMap<String, String>,
-    gcp_keys: Option<KeyCache>,
     /// Issuer certificates fetched for plugins; `None` when no host is allowed.
     issuers: Option<Arc<IssuerFetcher>>,
     /// Warn this long before current trust material expires (`trust_warning_days`).
@@ -100,41 +108,51 @@ pub struct Authenticator {
 }
 
 impl Authenticator {
-    /// Builds the authenticator: configures every loaded plugin with its
-    /// provider block (an error names the plugin and the key it refused), and
-    /// sets up Google's key cache when a `gcp` plugin is loaded. A plugin the
-    /// file has no block for is configured with `{}`; if it refuses that, it is
-    /// kept out of service ([`Authenticator::unconfigured`]) rather than failing.
+    /// Builds the authenticator: configures every mount ([`mounts::mounts`])
+    /// with its block (an error names the mount and the key its plugin
+    /// refused) and sets up each mount's key cache. A plugin the file has no
+    /// block for is mounted under its own name with `{}`; if it refuses that,
+    /// it is kept out of service ([`Authenticator::unconfigured`]) rather than
+    /// failing.
     pub fn new(sandbox: Arc<Sandbox>, file: &FileConfig) -> anyhow::Result<Authenticator> {
-        let gcp_keys = if sandbox.has("gcp") {
-            Some(KeyCache::from_config(&file.provider("gcp"))?)
-        } else {
-            None
-        };
-        let mut configured = BTreeMap::new();
+        let loaded: Vec<String> = sandbox.plugins().into_iter().map(|p| p.provider).collect();
+        let mut served = BTreeMap::new();
+        let mut unloaded = BTreeMap::new();
         let mut unconfigured = BTreeMap::new();
-        for plugin in sandbox.plugins() {
-            let block = plugin_block(&plugin.provider, file.provider(&plugin.provider));
-            let block = crate::block_files::resolve(&plugin.provider, block)?;
-            match sandbox.configure(&plugin.provider, &block) {
-                Ok(c) => {
-                    configured.insert(plugin.provider.clone(), c);
+        for spec in mounts::mounts(file, &loaded)? {
+            if !sandbox.has(&spec.plugin) {
+                unloaded.insert(spec.name.clone(), spec.plugin.clone());
+                continue;
+            }
+            let keys = key_cache(&spec)?;
+            let block = mounts::plugin_block(spec.block.clone());
+            let block = crate::block_files::resolve(&spec.name, block)?;
+            match sandbox.configure(&spec.plugin, &block) {
+                Ok(configured) => {
+                    served.insert(
+                        spec.name.clone(),
+                        Mount {
+                            configured,
+                            keys,
+                            display: spec.display.clone(),
+                        },
+                    );
                 }
                 // The operator wrote this block: refusing it is theirs to fix now.
-                Err(e) if file.providers.contains_key(&plugin.provider) => return Err(e),
+                Err(e) if spec.written => return Err(e.context(format!("mount {:?}", spec.name))),
                 Err(e) => {
-                    let reason = format!("{e:#} (add a [{}] block)", plugin.provider);
-                    tracing::warn!(provider = %plugin.provider, %reason, "plugin refused its default configuration; not serving it");
-                    unconfigured.insert(plugin.provider.clone(), reason);
+                    let reason = format!("{e:#} (add a [{}] block)", spec.name);
+                    tracing::warn!(mount = %spec.name, %reason, "plugin refused its default configuration; not serving it");
+                    unconfigured.insert(spec.name.clone(), reason);
                 }
             }
         }
         let issuers = IssuerFetcher::new(&file.host.issuers);
         Ok(Authenticator {
             sandbox,
-            configured,
+            mounts: served,
+            unloaded,
             unconfigured,
-            gcp_keys,
             issuers: issuers.enabled().then(|| Arc::new(issuers)),
             trust_warning_secs: file
                 .host
@@ -186,9 +204,31 @@ impl Authenticator {
         }
     }
 
-    /// The configured plugins, by provider.
-    pub fn configured(&self) -> &BTreeMap<String, Configured> {
-        &self.configured
+    /// The served mounts' names and configured plugins.
+    pub fn configured(&self) -> impl Iterator<Item = (&str, &Configured)> {
+        self.mounts.iter().map(|(name, m)| (name.as_str(), &m.configured))
+    }
+
+    /// Whether `mount` is served, or known (configured, or one of Coder's) —
+    /// so that a request naming it gets its own answer and metrics label.
+    pub fn knows(&self, mount: &str) -> bool {
+        self.mounts.contains_key(mount)
+            || self.unloaded.contains_key(mount)
+            || self.unconfigured.contains_key(mount)
+            || mounts::coder_route(mount).is_some()
+    }
+
+    /// Mounts whose plugin is not loaded: mount → plugin.
+    pub fn unloaded(&self) -> &BTreeMap<String, String> {
+        &self.unloaded
+    }
+
+    /// The name `mount` goes by in messages.
+    pub fn display(&self, mount: &str) -> String {
+        match self.mounts.get(mount) {
+            Some(m) => m.display.clone(),
+            None => mounts::coder_route(mount).map_or_else(|| mount.to_string(), |r| r.display.to_string()),
+        }
     }
 
     /// How long before current trust material expires `/readyz` warns, seconds.
@@ -198,7 +238,7 @@ impl Authenticator {
 
     /// What `provider`'s configured plugin trusts (empty if none is configured).
     pub fn trust(&self, provider: &str) -> &[TrustAnchor] {
-        self.configured.get(provider).map_or(&[], |c| c.trust())
+        self.mounts.get(provider).map_or(&[], |m| m.configured.trust())
     }
 
     /// Loaded plugins not in service because they refused the empty
@@ -227,13 +267,14 @@ impl Authenticator {
     }
 
     async fn verify_unbounded(&self, provider: &str, credential: String, now: i64) -> Result<Identity, AuthError> {
-        let Some(plugin) = self.configured.get(provider) else {
+        let Some(mount) = self.mounts.get(provider) else {
             return Err(AuthError::Call(match self.unconfigured.get(provider) {
                 Some(reason) => CallError::Rejected(VerifyError::BadConfig(reason.clone())),
                 None => CallError::NotLoaded(provider.to_string()),
             }));
         };
-        let Some(keys) = self.gcp_keys.as_ref().filter(|_| provider == "gcp") else {
+        let plugin = &mount.configured;
+        let Some(keys) = mount.keys.as_ref() else {
             return self.call(plugin, credential, None, now).await.map_err(AuthError::Call);
         };
         let key_set = keys
@@ -243,8 +284,8 @@ impl Authenticator {
         let first = self
             .call(plugin, credential.clone(), Some(key_set.to_string()), now)
             .await;
-        // A key Google rotated in since the last fetch: refresh once (rate-limited
-        // inside the cache) and try again.
+        // A key the issuer rotated in since the last fetch (Google's, say):
+        // refresh once (rate-limited inside the cache) and try again.
         match first {
             Err(CallError::Rejected(VerifyError::UntrustedSigner(ref reason)))
                 if reason.contains(crate::jwks::UNKNOWN_KID_MARKER) && keys.refresh_for_unknown_kid().await =>
@@ -262,18 +303,30 @@ impl Authenticator {
     }
 }
 
+/// The key cache a mount's block asks for: `jwks_url` or `jwks_file`, else
+/// the plugin's default source from Coder's table (Google's keys for `gcp`),
+/// else none.
+fn key_cache(spec: &MountSpec) -> anyhow::Result<Option<KeyCache>> {
+    let names_source = ["jwks_url", "jwks_file"].iter().any(|k| spec.block.get(k).is_some());
+    let default = mounts::coder_route(&spec.plugin).and_then(|r| r.default_key_source);
+    if !names_source && default.is_none() {
+        return Ok(None);
+    }
+    KeyCache::for_mount(&spec.name, &spec.block, default).map(Some)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn a_plugin_block_leaves_out_the_host_key_cache_settings() {
+    fn a_plugin_block_leaves_out_the_host_settings() {
         use serde_json::json;
         let gcp = json!({"audience": "a", "jwks_url": "https://x", "jwks_file": "/f", "jwks_min_refresh_secs": 5, "skew_secs": 3});
         assert_eq!(plugin_block("gcp", gcp), json!({"audience": "a", "skew_secs": 3}));
-        // Only gcp's key-cache settings are the host's.
-        let aws = json!({"jwks_url": "kept"});
-        assert_eq!(plugin_block("aws", aws.clone()), aws);
+        // Any mount's key source is the host's.
+        let oidc = json!({"issuer": "i", "jwks_url": "https://x", "display_name": "K8s"});
+        assert_eq!(plugin_block("oidc", oidc), json!({"issuer": "i"}));
         assert_eq!(plugin_block("gcp", json!({})), json!({}));
     }
 }

@@ -49,6 +49,10 @@ pub struct HostConfig {
     /// `[issuers]`: where issuer certificates may be fetched from for plugins.
     #[serde(default)]
     pub issuers: crate::issuers::IssuersConfig,
+    /// `[mounts.<name>]`: a plugin (`plugin = "<provider>"`) mounted again under
+    /// `<name>`, the table's other keys its block (see `mounts.rs`).
+    #[serde(default)]
+    pub mounts: BTreeMap<String, serde_json::Value>,
     /// Days before the earliest `notAfter` of a provider's current trust
     /// material at which `/readyz` starts warning (default 30).
     pub trust_warning_days: Option<u64>,
@@ -108,6 +112,7 @@ const HOST_KEYS: &[&str] = &[
     "plugin_sha256",
     "issuers",
     "trust_warning_days",
+    "mounts",
 ];
 
 impl FileConfig {

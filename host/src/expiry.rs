@@ -22,9 +22,8 @@ pub fn earliest_current(anchors: &[TrustAnchor]) -> Option<&TrustAnchor> {
 /// left at `now`, the anchor that expires first). Negative when it has expired.
 pub fn time_left(auth: &Authenticator, now: i64) -> Vec<(String, i64, TrustAnchor)> {
     auth.configured()
-        .keys()
-        .filter_map(|provider| {
-            earliest_current(auth.trust(provider)).map(|a| (provider.clone(), a.not_after - now, a.clone()))
+        .filter_map(|(mount, configured)| {
+            earliest_current(configured.trust()).map(|a| (mount.to_string(), a.not_after - now, a.clone()))
         })
         .collect()
 }

@@ -112,27 +112,36 @@ impl KeyCache {
     /// is read once here so a wrong path fails at start-up; a URL is fetched on
     /// first use.
     pub fn from_config(gcp_block: &Value) -> anyhow::Result<KeyCache> {
+        Self::for_mount("gcp", gcp_block, Some(DEFAULT_JWKS_URL))
+    }
+
+    /// Configures the cache of `mount` from its block: `jwks_url` (default
+    /// `default_url`) or `jwks_file`, and `jwks_min_refresh_secs`. Errors name
+    /// the mount.
+    pub fn for_mount(mount: &str, gcp_block: &Value, default_url: Option<&str>) -> anyhow::Result<KeyCache> {
         let get = |key: &str| gcp_block.get(key).filter(|v| !v.is_null());
         let string = |key: &str| -> anyhow::Result<Option<&str>> {
             match get(key) {
                 None => Ok(None),
                 Some(Value::String(s)) if !s.is_empty() => Ok(Some(s)),
-                Some(other) => bail!("[gcp] {key} must be a non-empty string, not {other}"),
+                Some(other) => bail!("[{mount}] {key} must be a non-empty string, not {other}"),
             }
         };
         let min_refresh = match get("jwks_min_refresh_secs") {
             None => DEFAULT_MIN_REFRESH,
             Some(v) => match v.as_u64() {
                 Some(s @ 1..=86_400) => Duration::from_secs(s),
-                _ => bail!("[gcp] jwks_min_refresh_secs must be an integer from 1 to 86400, not {v}"),
+                _ => bail!("[{mount}] jwks_min_refresh_secs must be an integer from 1 to 86400, not {v}"),
             },
         };
         let source = match (string("jwks_url")?, string("jwks_file")?) {
-            (Some(_), Some(_)) => bail!("[gcp] sets both jwks_url and jwks_file: choose one"),
+            (Some(_), Some(_)) => bail!("[{mount}] sets both jwks_url and jwks_file: choose one"),
             (None, Some(path)) => Source::File(PathBuf::from(path)),
             (url, None) => {
-                let url = url.unwrap_or(DEFAULT_JWKS_URL);
-                let url = reqwest::Url::parse(url).with_context(|| format!("[gcp] jwks_url {url:?}"))?;
+                let Some(url) = url.or(default_url) else {
+                    bail!("[{mount}] names no key source: set jwks_url or jwks_file");
+                };
+                let url = reqwest::Url::parse(url).with_context(|| format!("[{mount}] jwks_url {url:?}"))?;
                 check_scheme(&url)?;
                 let client = reqwest::Client::builder()
                     .timeout(FETCH_TIMEOUT)
@@ -151,7 +160,7 @@ impl KeyCache {
             fetch: tokio::sync::Mutex::new(FetchState::default()),
         };
         if let Source::File(path) = &cache.source {
-            let cached = read_file(path).map_err(|e| anyhow::anyhow!("[gcp] jwks_file: {e}"))?;
+            let cached = read_file(path).map_err(|e| anyhow::anyhow!("[{mount}] jwks_file: {e}"))?;
             cache.store(cached);
         }
         Ok(cache)

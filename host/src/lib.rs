@@ -18,6 +18,7 @@ pub mod file_trust;
 pub mod issuers;
 pub mod jwks;
 pub mod metrics;
+pub mod mounts;
 pub mod pins;
 pub mod request;
 pub mod sandbox;

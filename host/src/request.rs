@@ -1,43 +1,9 @@
-//! Coder's request bodies for the three instance-identity endpoints: which
-//! provider serves which path, which fields are required, and how a body is
-//! split into the plugin's credential and the optional agent name.
+//! Request bodies of the instance-identity endpoints: which fields are
+//! required (Coder's, for Coder's three mounts; for any other mount the plugin
+//! says, through its `malformed`), and how a body is split into the plugin's
+//! credential and the optional agent name.
 
 use serde_json::{Map, Value};
-
-/// A provider the HTTP API knows by path, and how Coder names it in messages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Route {
-    /// The plugin's provider name.
-    pub provider: &'static str,
-    /// Path segment under `/api/v2/workspaceagents/`.
-    pub path: &'static str,
-    /// The cloud's name in Coder's 401 message (`Invalid AWS identity.`).
-    pub display: &'static str,
-}
-
-/// The Coder-compatible endpoints.
-pub const ROUTES: &[Route] = &[
-    Route {
-        provider: "aws",
-        path: "aws-instance-identity",
-        display: "AWS",
-    },
-    Route {
-        provider: "azure",
-        path: "azure-instance-identity",
-        display: "Azure",
-    },
-    Route {
-        provider: "gcp",
-        path: "google-instance-identity",
-        display: "GCP",
-    },
-];
-
-/// The route of `provider`, if the HTTP API serves it.
-pub fn route(provider: &str) -> Option<&'static Route> {
-    ROUTES.iter().find(|r| r.provider == provider)
-}
 
 /// A field that failed validation, as Coder reports it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -66,7 +32,7 @@ pub struct Parsed {
     pub agent_name: Option<String>,
 }
 
-/// Parses a request body for `provider`: checks it is a JSON object, checks the
+/// Parses a request body for `provider` (a mount): checks it is a JSON object, checks the
 /// required fields (Coder's, plus idgate's `pkcs7` alternative for AWS), removes
 /// `agent_name`, and keeps the rest as the credential. Unknown fields are kept
 /// (Coder ignores them; the plugin decides).
@@ -105,15 +71,8 @@ pub fn parse_body(provider: &str, body: &[u8]) -> Result<Parsed, BodyError> {
     })
 }
 
-fn required_fields(provider: &str, fields: &Map<String, Value>) -> Vec<&'static str> {
-    match provider {
-        // A PKCS#7 carries the document, so it stands in for both of Coder's fields.
-        "aws" if is_nonempty_string(fields, "pkcs7") => vec![],
-        "aws" => vec!["signature", "document"],
-        "azure" => vec!["signature", "encoding"],
-        "gcp" => vec!["json_web_token"],
-        _ => vec![],
-    }
+fn required_fields(mount: &str, fields: &Map<String, Value>) -> Vec<&'static str> {
+    crate::mounts::coder_route(mount).map_or_else(Vec::new, |r| (r.required)(fields))
 }
 
 fn is_nonempty_string(fields: &Map<String, Value>, name: &str) -> bool {

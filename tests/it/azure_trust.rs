@@ -226,7 +226,7 @@ impl IssuerServer {
 }
 
 /// An IMDS-named leaf issued by `issuer` whose AIA names `ca_issuers`.
-fn leaf_with_aia(issuer: &TestCa, ca_issuers: &str) -> TestCa {
+pub(crate) fn leaf_with_aia(issuer: &TestCa, ca_issuers: &str) -> TestCa {
     use x509_cert::ext::pkix::name::GeneralName;
     use x509_cert::ext::pkix::{AccessDescription, AuthorityInfoAccessSyntax};
     let aia = AuthorityInfoAccessSyntax(vec![AccessDescription {

@@ -162,7 +162,7 @@ pub(crate) struct TestKey {
 }
 
 impl TestKey {
-    fn new(kid: &str) -> TestKey {
+    pub(crate) fn new(kid: &str) -> TestKey {
         TestKey {
             kid: kid.into(),
             private: RsaPrivateKey::new(&mut rand::thread_rng(), 2048).expect("RSA keygen"),

@@ -89,7 +89,7 @@ pub struct ServeArgs {
 /// `idgate verify`.
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
-    /// Provider: aws, azure, gcp, or a drop-in plugin's name.
+    /// Mount: aws, azure, gcp, a drop-in plugin's name, or a `[mounts.NAME]`.
     pub provider: String,
     /// Verification time (RFC 3339) instead of now, e.g. for an old credential.
     #[arg(long)]
@@ -262,14 +262,6 @@ async fn verify(settings: &Settings, args: VerifyArgs) -> anyhow::Result<ExitCod
         None => crate::clock::unix_now(),
     };
     let sandbox = Arc::new(settings.sandbox()?);
-    if !sandbox.has(&args.provider) {
-        anyhow::bail!(
-            "no plugin for provider {:?} in {} (loaded: {:?})",
-            args.provider,
-            settings.plugins.display(),
-            sandbox.plugins().iter().map(|p| p.provider.clone()).collect::<Vec<_>>()
-        );
-    }
     let mut body = Vec::new();
     std::io::stdin()
         .take(16 << 20)
@@ -284,10 +276,20 @@ async fn verify(settings: &Settings, args: VerifyArgs) -> anyhow::Result<ExitCod
         }
     };
     // A configuration a plugin refuses is an operator error, like a bad flag.
-    let auth = match Authenticator::new(sandbox, &settings.file) {
+    let auth = match Authenticator::new(sandbox.clone(), &settings.file) {
         Ok(auth) => auth,
         Err(e) => return Ok(fail(2, &format!("{e:#}"))),
     };
+    if !auth.configured().any(|(mount, _)| mount == args.provider) && !auth.unconfigured().contains_key(&args.provider)
+    {
+        anyhow::bail!(
+            "nothing is mounted as {:?} (plugins in {}: {:?}; mounts: {:?})",
+            args.provider,
+            settings.plugins.display(),
+            sandbox.plugins().iter().map(|p| p.provider.clone()).collect::<Vec<_>>(),
+            auth.configured().map(|(m, _)| m.to_string()).collect::<Vec<_>>()
+        );
+    }
     match auth.verify(&args.provider, parsed.credential, now).await {
         Ok(identity) => {
             let attributes: serde_json::Map<String, serde_json::Value> = identity

@@ -1,0 +1,260 @@
+//! Mounts: what the host serves. A mount is a name, a plugin and a
+//! configuration (Vault's auth mounts are the model): it has its own route
+//! (`POST /api/v2/workspaceagents/<mount>-instance-identity`), its own
+//! configured snapshot, key cache, metrics label and audit provider.
+//!
+//! - Every loaded plugin is mounted under its own provider name, configured
+//!   with the `[<provider>]` block (or `{}`), unless the file has no such block
+//!   and mounts the plugin elsewhere (`[mounts.<name>] plugin = "<provider>"`).
+//! - `[mounts.<name>]` mounts a plugin again under another name, with the
+//!   table's other keys as its block: two clusters, two issuers, one plugin.
+//!
+//! [`CODER_ROUTES`] is the only place in the host that names a provider: Coder's
+//! three endpoints keep their paths (`google-instance-identity` serves `gcp`),
+//! their messages ("Invalid AWS identity.") and their required fields, and GCP
+//! keeps Google's key set as its default key source.
+
+use std::collections::BTreeMap;
+
+use anyhow::bail;
+use serde_json::{Map, Value};
+
+use crate::config::FileConfig;
+
+/// Path segment suffix every mount's endpoint ends with.
+pub const PATH_SUFFIX: &str = "-instance-identity";
+
+/// Block keys the host keeps for itself: never passed to a plugin.
+pub const HOST_BLOCK_KEYS: [&str; 5] = [
+    "plugin",
+    "display_name",
+    "jwks_url",
+    "jwks_file",
+    "jwks_min_refresh_secs",
+];
+
+/// One of Coder's endpoints, as Coder's agents and messages know it.
+#[derive(Debug, Clone, Copy)]
+pub struct CoderRoute {
+    /// The mount (and built-in plugin) it serves.
+    pub mount: &'static str,
+    /// Path segment under `/api/v2/workspaceagents/`.
+    pub path: &'static str,
+    /// The cloud's name in Coder's messages (`Invalid AWS identity.`).
+    pub display: &'static str,
+    /// The body fields Coder requires, given the body's fields.
+    pub required: fn(&Map<String, Value>) -> Vec<&'static str>,
+    /// Where the host fetches this provider's keys when the block names none.
+    pub default_key_source: Option<&'static str>,
+}
+
+/// Coder's three endpoints.
+pub const CODER_ROUTES: [CoderRoute; 3] = [
+    CoderRoute {
+        mount: "aws",
+        path: "aws-instance-identity",
+        display: "AWS",
+        // A PKCS#7 carries the document, so it stands in for both of Coder's fields.
+        required: |fields| {
+            if matches!(fields.get("pkcs7"), Some(Value::String(s)) if !s.is_empty()) {
+                vec![]
+            } else {
+                vec!["signature", "document"]
+            }
+        },
+        default_key_source: None,
+    },
+    CoderRoute {
+        mount: "azure",
+        path: "azure-instance-identity",
+        display: "Azure",
+        required: |_| vec!["signature", "encoding"],
+        default_key_source: None,
+    },
+    CoderRoute {
+        mount: "gcp",
+        path: "google-instance-identity",
+        display: "GCP",
+        required: |_| vec!["json_web_token"],
+        default_key_source: Some("https://www.googleapis.com/oauth2/v3/certs"),
+    },
+];
+
+/// Coder's route for `mount`, if it is one of Coder's three.
+pub fn coder_route(mount: &str) -> Option<&'static CoderRoute> {
+    CODER_ROUTES.iter().find(|r| r.mount == mount)
+}
+
+/// The path segment `mount` is served at.
+pub fn path_of(mount: &str) -> String {
+    match coder_route(mount) {
+        Some(r) => r.path.to_string(),
+        None => format!("{mount}{PATH_SUFFIX}"),
+    }
+}
+
+/// The mount a path segment names, if it names one (whether or not it is
+/// mounted): Coder's paths first, then `<mount>-instance-identity`.
+pub fn mount_of_path(segment: &str) -> Option<&str> {
+    if let Some(r) = CODER_ROUTES.iter().find(|r| r.path == segment) {
+        return Some(r.mount);
+    }
+    segment.strip_suffix(PATH_SUFFIX).filter(|m| valid_name(m))
+}
+
+/// Mount and provider names: lower-case letters, digits and `-`, not empty.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// One mount to configure.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MountSpec {
+    /// The mount's name: its route, metrics label and audit provider.
+    pub name: String,
+    /// The provider name of the plugin it runs.
+    pub plugin: String,
+    /// The block as written (host keys included; see [`plugin_block`]).
+    pub block: Value,
+    /// Whether the operator wrote the block (a refusal then stops start-up).
+    pub written: bool,
+    /// The name in messages ("Invalid <display> identity.").
+    pub display: String,
+}
+
+/// The mounts `file` asks for, given the providers of the loaded plugins.
+/// A mount whose plugin is not loaded is returned too (its plugin name is not
+/// in `loaded`): the caller reports it. Errors: a bad mount name, a mount
+/// table without `plugin`, or a mount name another mount already uses.
+pub fn mounts(file: &FileConfig, loaded: &[String]) -> anyhow::Result<Vec<MountSpec>> {
+    let mut out: BTreeMap<String, MountSpec> = BTreeMap::new();
+    for (name, table) in &file.host.mounts {
+        if !valid_name(name) {
+            bail!("[mounts.{name}]: a mount name is lower-case letters, digits and '-'");
+        }
+        let Some(Value::String(plugin)) = table.get("plugin") else {
+            bail!("[mounts.{name}] needs plugin = \"<provider of the plugin to run>\"");
+        };
+        if file.providers.contains_key(name) {
+            bail!("[mounts.{name}] and [{name}] both configure mount {name:?}: keep one");
+        }
+        out.insert(name.clone(), spec(name, plugin, table.clone(), true));
+    }
+    for provider in loaded {
+        let block = file.providers.get(provider);
+        let mounted_elsewhere = out.values().any(|m| &m.plugin == provider);
+        if block.is_none() && mounted_elsewhere {
+            continue;
+        }
+        if out.contains_key(provider) {
+            bail!("[mounts.{provider}] takes the name of the {provider:?} plugin's own mount: name it otherwise");
+        }
+        let block = block.cloned().unwrap_or_else(|| Value::Object(Map::new()));
+        let written = file.providers.contains_key(provider);
+        out.insert(provider.clone(), spec(provider, provider, block, written));
+    }
+    Ok(out.into_values().collect())
+}
+
+fn spec(name: &str, plugin: &str, block: Value, written: bool) -> MountSpec {
+    let display = block
+        .get("display_name")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .or_else(|| coder_route(name).map(|r| r.display.to_string()))
+        .unwrap_or_else(|| name.to_string());
+    MountSpec {
+        name: name.to_string(),
+        plugin: plugin.to_string(),
+        block,
+        written,
+        display,
+    }
+}
+
+/// The block a mount's plugin is configured with: the written block without
+/// the host's own keys ([`HOST_BLOCK_KEYS`]: key sources, display name, plugin).
+pub fn plugin_block(mut block: Value) -> Value {
+    if let Some(map) = block.as_object_mut() {
+        for key in HOST_BLOCK_KEYS {
+            map.remove(key);
+        }
+    }
+    block
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn loaded(names: &[&str]) -> Vec<String> {
+        names.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn coder_paths_and_the_rest() {
+        assert_eq!(path_of("gcp"), "google-instance-identity");
+        assert_eq!(path_of("k8s-prod"), "k8s-prod-instance-identity");
+        assert_eq!(mount_of_path("google-instance-identity"), Some("gcp"));
+        assert_eq!(mount_of_path("aws-instance-identity"), Some("aws"));
+        assert_eq!(mount_of_path("k8s-prod-instance-identity"), Some("k8s-prod"));
+        assert_eq!(mount_of_path("Evil-instance-identity"), None);
+        assert_eq!(mount_of_path("-instance-identity"), None);
+        assert_eq!(mount_of_path("aws"), None);
+    }
+
+    #[test]
+    fn every_plugin_gets_its_own_mount_and_mount_tables_add_more() {
+        let file = FileConfig::parse(
+            "[aws]\nallowed_accounts = [\"1\"]\n\
+             [mounts.k8s-prod]\nplugin = \"oidc\"\nissuer = \"https://a\"\ndisplay_name = \"Kubernetes\"\n\
+             [mounts.k8s-dev]\nplugin = \"oidc\"\nissuer = \"https://b\"\n",
+        )
+        .unwrap();
+        let mounts = mounts(&file, &loaded(&["aws", "azure", "oidc"])).unwrap();
+        let names: Vec<(&str, &str, bool)> = mounts
+            .iter()
+            .map(|m| (m.name.as_str(), m.plugin.as_str(), m.written))
+            .collect();
+        // `oidc` has no block and is mounted elsewhere: no mount of its own.
+        assert_eq!(
+            names,
+            [
+                ("aws", "aws", true),
+                ("azure", "azure", false),
+                ("k8s-dev", "oidc", true),
+                ("k8s-prod", "oidc", true)
+            ]
+        );
+        assert_eq!(mounts[0].display, "AWS");
+        assert_eq!(mounts[2].display, "k8s-dev");
+        assert_eq!(mounts[3].display, "Kubernetes");
+        assert_eq!(plugin_block(mounts[3].block.clone()), json!({"issuer": "https://a"}));
+    }
+
+    #[test]
+    fn bad_mounts_are_errors() {
+        for (text, why) in [
+            ("[mounts.Bad]\nplugin = \"oidc\"\n", "lower-case"),
+            ("[mounts.k8s]\nissuer = \"x\"\n", "needs plugin"),
+            ("[mounts.aws]\nplugin = \"oidc\"\n", "takes the name"),
+            ("[k8s]\nx = 1\n[mounts.k8s]\nplugin = \"oidc\"\n", "both configure"),
+        ] {
+            let file = FileConfig::parse(text).unwrap();
+            let err = mounts(&file, &loaded(&["aws", "oidc"])).unwrap_err().to_string();
+            assert!(err.contains(why), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn host_keys_never_reach_the_plugin() {
+        let block = json!({"audience": "a", "jwks_url": "https://x", "jwks_file": "/f",
+                           "jwks_min_refresh_secs": 5, "display_name": "D", "skew_secs": 3});
+        assert_eq!(plugin_block(block), json!({"audience": "a", "skew_secs": 3}));
+    }
+}
