@@ -13,6 +13,7 @@ pub mod crypto;
 pub mod db;
 pub mod descriptors;
 pub mod file_trust;
+pub mod go_json;
 pub mod jwks;
 pub mod metrics;
 pub mod pins;

@@ -366,7 +366,7 @@ async fn a_trapping_plugin_fails_its_request_and_others_keep_working() {
     let token = register(&db, "w", "gce-9", "main").await;
 
     for what in ["panic", "loop", "memory"] {
-        let body = json!({"signature": "s", "document": "d", "do": what}).to_string();
+        let body = json!({"signature": what, "document": "d"}).to_string();
         let (status, body, _) = post(&base, "aws-instance-identity", body).await;
         assert_eq!(status, 500, "{what}: {body}");
         assert_eq!(body["message"], "Internal error verifying AWS identity.");

@@ -3,6 +3,7 @@
 
 mod aws;
 mod azure;
+mod coder_bodies;
 mod faults;
 mod gcp;
 mod http;
