@@ -15,6 +15,7 @@ pub mod descriptors;
 pub mod file_trust;
 pub mod go_json;
 pub mod jwks;
+pub mod logging;
 pub mod metrics;
 pub mod pins;
 pub mod request;
