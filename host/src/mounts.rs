@@ -20,6 +20,7 @@ use anyhow::bail;
 use serde_json::{Map, Value};
 
 use crate::config::FileConfig;
+use crate::go_json::GoStruct;
 
 /// Path segment suffix every mount's endpoint ends with.
 pub const PATH_SUFFIX: &str = "-instance-identity";
@@ -42,8 +43,14 @@ pub struct CoderRoute {
     pub path: &'static str,
     /// The cloud's name in Coder's messages (`Invalid AWS identity.`).
     pub display: &'static str,
-    /// The body fields Coder requires, given the body's fields.
-    pub required: fn(&Map<String, Value>) -> Vec<&'static str>,
+    /// Coder's request struct: every field is a Go `string`.
+    pub body: GoStruct,
+    /// Its `validate:"required"` fields, in declaration order (the order of
+    /// Coder's `validations`).
+    pub required: &'static [&'static str],
+    /// A field that, when given, stands in for every required one (idgate's
+    /// AWS `pkcs7`, which carries the document).
+    pub stands_in: Option<&'static str>,
     /// Where the host fetches this provider's keys when the block names none.
     pub default_key_source: Option<&'static str>,
 }
@@ -54,28 +61,37 @@ pub const CODER_ROUTES: [CoderRoute; 3] = [
         mount: "aws",
         path: "aws-instance-identity",
         display: "AWS",
-        // A PKCS#7 carries the document, so it stands in for both of Coder's fields.
-        required: |fields| {
-            if matches!(fields.get("pkcs7"), Some(Value::String(s)) if !s.is_empty()) {
-                vec![]
-            } else {
-                vec!["signature", "document"]
-            }
+        // `pkcs7` is idgate's: the IMDS PKCS#7, instead of or beside `signature`.
+        body: GoStruct {
+            type_name: "agentsdk.AWSInstanceIdentityToken",
+            fields: &["signature", "document", "agent_name", "pkcs7"],
         },
+        required: &["signature", "document"],
+        stands_in: Some("pkcs7"),
         default_key_source: None,
     },
     CoderRoute {
         mount: "azure",
         path: "azure-instance-identity",
         display: "Azure",
-        required: |_| vec!["signature", "encoding"],
+        body: GoStruct {
+            type_name: "agentsdk.AzureInstanceIdentityToken",
+            fields: &["signature", "encoding", "agent_name"],
+        },
+        required: &["signature", "encoding"],
+        stands_in: None,
         default_key_source: None,
     },
     CoderRoute {
         mount: "gcp",
         path: "google-instance-identity",
         display: "GCP",
-        required: |_| vec!["json_web_token"],
+        body: GoStruct {
+            type_name: "agentsdk.GoogleInstanceIdentityToken",
+            fields: &["json_web_token", "agent_name"],
+        },
+        required: &["json_web_token"],
+        stands_in: None,
         default_key_source: Some("https://www.googleapis.com/oauth2/v3/certs"),
     },
 ];

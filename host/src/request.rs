@@ -1,9 +1,16 @@
 //! Request bodies of the instance-identity endpoints: which fields are
-//! required (Coder's, for Coder's three mounts; for any other mount the plugin
-//! says, through its `malformed`), and how a body is split into the plugin's
-//! credential and the optional agent name.
+//! required (Coder's, for Coder's three mounts, from `mounts::CODER_ROUTES`;
+//! for any other mount the plugin says, through its `malformed`), and how a
+//! body is split into the plugin's credential and the optional agent name.
+//!
+//! Coder reads these bodies with Go's `json.Decoder` into its `agentsdk`
+//! structs, then validates the `required` tags (`httpapi.Read`); [`go_json`]
+//! reads them the same way, so a body gets Coder's answer whatever its shape.
 
 use serde_json::{Map, Value};
+
+use crate::go_json;
+use crate::mounts::{coder_route, CoderRoute};
 
 /// A field that failed validation, as Coder reports it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -32,11 +39,60 @@ pub struct Parsed {
     pub agent_name: Option<String>,
 }
 
-/// Parses a request body for `provider` (a mount): checks it is a JSON object, checks the
-/// required fields (Coder's, plus idgate's `pkcs7` alternative for AWS), removes
-/// `agent_name`, and keeps the rest as the credential. Unknown fields are kept
-/// (Coder ignores them; the plugin decides).
+/// Parses a request body for `provider` (a mount). On Coder's routes it reads the body
+/// as Coder does (see [`go_json`]): the first JSON value, into Coder's struct,
+/// then the required fields (Coder's, but a non-empty `pkcs7` stands in for
+/// AWS's two). The credential the plugin receives is that struct's fields as a
+/// JSON object, `agent_name` removed: unknown fields are dropped, as Coder
+/// ignores them. Any other mount (a drop-in plugin, or a plugin mounted again)
+/// gets the whole JSON object, `agent_name` removed, to interpret.
 pub fn parse_body(provider: &str, body: &[u8]) -> Result<Parsed, BodyError> {
+    match coder_route(provider) {
+        Some(route) => parse_coder_body(route, body),
+        None => parse_object(body),
+    }
+}
+
+fn parse_coder_body(route: &CoderRoute, body: &[u8]) -> Result<Parsed, BodyError> {
+    let values = go_json::decode(body, &route.body).map_err(BodyError::InvalidJson)?;
+    let mut credential = Map::new();
+    let mut agent_name = None;
+    for (name, value) in route.body.fields.iter().zip(values) {
+        match (*name, value) {
+            ("agent_name", value) => agent_name = value.map(|s| s.trim().to_string()).filter(|s| !s.is_empty()),
+            (_, Some(value)) => {
+                credential.insert((*name).to_string(), Value::String(value));
+            }
+            (_, None) => {}
+        }
+    }
+    let given = |name: &str| matches!(credential.get(name), Some(Value::String(s)) if !s.is_empty());
+    // A field that stands in for the required ones (AWS's `pkcs7` carries the document).
+    let required: &[&str] = match route.stands_in {
+        Some(field) if given(field) => &[],
+        _ => route.required,
+    };
+    let missing: Vec<Validation> = required
+        .iter()
+        .filter(|f| !given(f))
+        .map(|f| Validation {
+            field: f.to_string(),
+            // Go prints the field's value, which is always empty here.
+            detail: "Validation failed for tag \"required\" with value: \"\"".to_string(),
+        })
+        .collect();
+    if !missing.is_empty() {
+        return Err(BodyError::Validation(missing));
+    }
+    Ok(Parsed {
+        credential: Value::Object(credential).to_string(),
+        agent_name,
+    })
+}
+
+/// A drop-in provider's body: any JSON object; `agent_name`, if present, must
+/// be a string.
+fn parse_object(body: &[u8]) -> Result<Parsed, BodyError> {
     let value: Value = serde_json::from_slice(body).map_err(|e| BodyError::InvalidJson(e.to_string()))?;
     let Value::Object(mut fields) = value else {
         return Err(BodyError::InvalidJson("expected a JSON object".into()));
@@ -51,40 +107,10 @@ pub fn parse_body(provider: &str, body: &[u8]) -> Result<Parsed, BodyError> {
             )))
         }
     };
-    let missing: Vec<Validation> = required_fields(provider, &fields)
-        .into_iter()
-        .filter(|f| !is_nonempty_string(&fields, f))
-        .map(|f| Validation {
-            field: f.to_string(),
-            detail: format!(
-                "Validation failed for tag \"required\" with value: \"{}\"",
-                shown(&fields, f)
-            ),
-        })
-        .collect();
-    if !missing.is_empty() {
-        return Err(BodyError::Validation(missing));
-    }
     Ok(Parsed {
         credential: Value::Object(fields).to_string(),
         agent_name,
     })
-}
-
-fn required_fields(mount: &str, fields: &Map<String, Value>) -> Vec<&'static str> {
-    crate::mounts::coder_route(mount).map_or_else(Vec::new, |r| (r.required)(fields))
-}
-
-fn is_nonempty_string(fields: &Map<String, Value>, name: &str) -> bool {
-    matches!(fields.get(name), Some(Value::String(s)) if !s.is_empty())
-}
-
-/// The value Coder's validator would print: the string, or empty.
-fn shown(fields: &Map<String, Value>, name: &str) -> String {
-    match fields.get(name) {
-        Some(Value::String(s)) => s.clone(),
-        _ => String::new(),
-    }
 }
 
 fn json_type(v: &Value) -> &'static str {
@@ -103,15 +129,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn splits_agent_name_and_keeps_the_rest() {
+    fn splits_agent_name_and_drops_what_coder_ignores() {
         let p = parse_body(
             "aws",
-            br#"{"signature":"s","document":"d","agent_name":"  dev ","x":1}"#,
+            br#"{"Signature":"s","document":"d","agent_name":"  dev ","x":1} trailing"#,
         )
         .unwrap();
         assert_eq!(p.agent_name.as_deref(), Some("dev"));
         let cred: Value = serde_json::from_str(&p.credential).unwrap();
-        assert_eq!(cred, serde_json::json!({"signature":"s","document":"d","x":1}));
+        assert_eq!(cred, serde_json::json!({"signature":"s","document":"d"}));
+        // A drop-in provider gets the whole object to interpret.
+        let p = parse_body("acme", br#"{"x":1,"agent_name":"a"}"#).unwrap();
+        assert_eq!(p.credential, r#"{"x":1}"#);
     }
 
     #[test]
@@ -140,6 +169,19 @@ mod tests {
         assert!(
             matches!(parse_body("azure", br#"{"signature":"s"}"#), Err(BodyError::Validation(v)) if v[0].field == "encoding")
         );
+    }
+
+    #[test]
+    fn a_wrong_type_is_invalid_json_as_in_go() {
+        let Err(BodyError::InvalidJson(detail)) = parse_body("aws", br#"{"signature":5,"document":"d"}"#) else {
+            panic!("expected invalid JSON");
+        };
+        assert_eq!(
+            detail,
+            "json: cannot unmarshal number into Go struct field AWSInstanceIdentityToken.signature of type string"
+        );
+        // `null` is Go's zero value: the required check answers.
+        assert!(matches!(parse_body("gcp", b"null"), Err(BodyError::Validation(v)) if v[0].field == "json_web_token"));
     }
 
     #[test]

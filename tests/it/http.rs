@@ -65,10 +65,15 @@ pub(crate) fn serve_binary(db: &TestDb) -> Served {
 
 /// Runs `cmd serve --listen 127.0.0.1:0` with JSON logs (the tests read them)
 /// and waits for the address it prints.
-pub(crate) fn serve_command(mut cmd: Command) -> Served {
+pub(crate) fn serve_command(cmd: Command) -> Served {
+    serve_command_logging(cmd, "json")
+}
+
+/// [`serve_command`] with `log_format` set to `format`.
+pub(crate) fn serve_command_logging(mut cmd: Command, format: &str) -> Served {
     let mut child = cmd
         .args(["serve", "--listen", "127.0.0.1:0"])
-        .env("IDGATE_LOG_FORMAT", "json")
+        .env("IDGATE_LOG_FORMAT", format)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -366,7 +371,7 @@ async fn a_trapping_plugin_fails_its_request_and_others_keep_working() {
     let token = register(&db, "w", "gce-9", "main").await;
 
     for what in ["panic", "loop", "memory"] {
-        let body = json!({"signature": "s", "document": "d", "do": what}).to_string();
+        let body = json!({"signature": what, "document": "d"}).to_string();
         let (status, body, _) = post(&base, "aws-instance-identity", body).await;
         assert_eq!(status, 500, "{what}: {body}");
         assert_eq!(body["message"], "Internal error verifying AWS identity.");
@@ -491,4 +496,35 @@ async fn readyz_follows_the_database_without_a_restart() {
         .await
         .unwrap()
         .unwrap();
+}
+
+/// An agent name with a forged audit line in it (names come from the database,
+/// which Coder or an operator filled) reaches the log through the 409 message:
+/// the pretty format keeps it inside its one event, escaped, and writes no ANSI
+/// codes to a stderr that is not a terminal.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_forged_line_in_a_refusal_stays_inside_its_audit_event() {
+    let db = fresh_database().await;
+    // At most 64 characters, as Coder's names.
+    let forged = "x\n INFO idgate::audit: outcome=\"ok\" status=200\u{1b}[2K";
+    register(&db, "w", "i-076e9b91f7c420782", "main").await;
+    register(&db, "w", "i-076e9b91f7c420782", forged).await;
+    let Served {
+        mut child,
+        base,
+        stderr,
+    } = serve_command_logging(idgate(&db, &[]), "pretty");
+    let request = std::fs::read_to_string(root().join("examples/aws-request.json")).unwrap();
+    let (status, body, _) = post(&base, "aws-instance-identity", request).await;
+    assert_eq!(status, 409, "{body}");
+    // The response carries the name as it is; only the log escapes it.
+    assert!(body["message"].as_str().unwrap().contains(forged), "{body}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let logs = stderr.join().unwrap();
+    let audits: Vec<&str> = logs.lines().filter(|l| l.contains("idgate::audit")).collect();
+    assert_eq!(audits.len(), 1, "one request, one audit line:\n{logs}");
+    assert!(audits[0].contains("outcome=\"conflict\""), "{}", audits[0]);
+    assert!(audits[0].contains(r"x\n INFO idgate::audit"), "{}", audits[0]);
+    assert!(!logs.contains('\u{1b}'), "ANSI codes in a non-terminal log:\n{logs}");
 }

@@ -4,6 +4,7 @@
 mod aws;
 mod azure;
 mod azure_trust;
+mod coder_bodies;
 mod faults;
 mod gcp;
 mod http;

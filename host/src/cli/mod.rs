@@ -160,7 +160,7 @@ fn default_plugin_dir() -> PathBuf {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let settings = resolve_settings(&cli.global)?;
-    crate::serve::init_logging(settings.file.host.log_format.as_deref());
+    crate::logging::init(settings.file.host.log_format.as_deref());
     match cli.command {
         Command::Serve(args) => {
             crate::serve::serve(&settings, args.listen).await?;

@@ -6,8 +6,8 @@ use serde::Deserialize;
 /// Largest document accepted, bytes; IMDS documents are about 500 B.
 pub const MAX_DOCUMENT_BYTES: usize = 64 * 1024;
 
-/// The fields of a document, read after (or, for the `signature` form, just
-/// before) its signature is checked. Other fields are ignored.
+/// The fields of a document, read once its signature has been checked. Other
+/// fields are ignored.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Document {
@@ -25,15 +25,48 @@ pub struct Document {
     pub pending_time: Option<String>,
 }
 
+/// Only the `region`, for [`claimed_region`]; every other field is ignored.
+#[derive(Deserialize)]
+struct Claim {
+    region: Option<String>,
+}
+
+/// The region a document claims, read only to choose the keys that must have
+/// signed it: nothing else in the document is believed, or even looked at,
+/// before its signature holds ([`Document::parse`] comes after). A document
+/// that names no region can have been signed by no key idgate trusts for it,
+/// so a tampered one is a bad signature (401), as Coder answers it, never a
+/// malformed request.
+pub fn claimed_region(text: &str) -> Result<String, VerifyError> {
+    check_size(text)?;
+    let unsigned =
+        |why: String| VerifyError::BadSignature(format!("no trusted key can have signed the document: {why}"));
+    // serde would also read a JSON array positionally; a document is an object.
+    if !text.trim_start().starts_with('{') {
+        return Err(unsigned("it is not a JSON object".into()));
+    }
+    let claim: Claim =
+        serde_json::from_str(text).map_err(|e| unsigned(format!("it is not a JSON object naming its region: {e}")))?;
+    match claim.region {
+        Some(region) if !region.trim().is_empty() => Ok(region),
+        _ => Err(unsigned("it names no region".into())),
+    }
+}
+
+fn check_size(text: &str) -> Result<(), VerifyError> {
+    if text.len() > MAX_DOCUMENT_BYTES {
+        return Err(VerifyError::Malformed(format!(
+            "document is larger than {MAX_DOCUMENT_BYTES} bytes"
+        )));
+    }
+    Ok(())
+}
+
 impl Document {
     /// Parses the document JSON; it must be an object with a non-empty
     /// `instanceId` and `region`.
     pub fn parse(text: &str) -> Result<Document, VerifyError> {
-        if text.len() > MAX_DOCUMENT_BYTES {
-            return Err(VerifyError::Malformed(format!(
-                "document is larger than {MAX_DOCUMENT_BYTES} bytes"
-            )));
-        }
+        check_size(text)?;
         // serde would also read a JSON array positionally; a document is an object.
         if !text.trim_start().starts_with('{') {
             return Err(VerifyError::Malformed("document is not a JSON object".into()));
@@ -90,5 +123,29 @@ mod tests {
         }
         let huge = format!("{{\"pad\":\"{}\"}}", "x".repeat(MAX_DOCUMENT_BYTES));
         assert!(matches!(Document::parse(&huge), Err(VerifyError::Malformed(m)) if m.contains("larger")));
+        assert!(matches!(claimed_region(&huge), Err(VerifyError::Malformed(m)) if m.contains("larger")));
+    }
+
+    #[test]
+    fn only_the_region_is_read_before_the_signature() {
+        // Whatever else is wrong with the document waits for the signature.
+        assert_eq!(
+            claimed_region(r#"{"region":"us-east-1","instanceId":5}"#).unwrap(),
+            "us-east-1"
+        );
+        for unsigned in [
+            "",
+            "{}",
+            "not json",
+            r#"["us-east-1"]"#,
+            r#"{"region":""}"#,
+            r#"{"region":7}"#,
+            r#"{"region":"r"} x"#,
+        ] {
+            assert!(
+                matches!(claimed_region(unsigned), Err(VerifyError::BadSignature(_))),
+                "{unsigned}"
+            );
+        }
     }
 }

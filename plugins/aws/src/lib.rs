@@ -86,34 +86,50 @@ impl Provider for Aws {
                 ))
             }
             (Some(_), None, None) => return Err(VerifyError::Malformed("document is required with signature".into())),
+            // The signature is checked over the exact bytes before the document is
+            // believed: only its region is read first, to choose the keys.
             (Some(sig), Some(document), None) => {
-                let doc = Document::parse(document)?;
-                signature::verify(crypto, config, &doc.region, document.as_bytes(), sig)?;
-                (doc, "signature".to_string())
+                let region = document::claimed_region(document)?;
+                signature::verify(crypto, config, &region, document.as_bytes(), sig)?;
+                (signed_document(document)?, "signature".to_string())
             }
             (sig, document, Some(p7)) => {
                 // The identity is read from what was signed, never from a side copy.
                 let signed = pkcs7::parse(p7)?;
-                let doc = Document::parse(&signed.document)?;
-                let form = pkcs7::verify(crypto, config, &signed, &doc.region)?;
+                let region = document::claimed_region(&signed.document)?;
+                let form = pkcs7::verify(crypto, config, &signed, &region)?;
                 if document.is_some_and(|d| d.as_bytes() != signed.document.as_bytes()) {
                     return Err(VerifyError::BadSignature(
                         "document differs from the content the PKCS#7 signs".into(),
                     ));
                 }
                 // Both forms sent: both must hold.
-                match sig {
+                let form = match sig {
                     Some(sig) => {
-                        signature::verify(crypto, config, &doc.region, signed.document.as_bytes(), sig)?;
-                        (doc, format!("signature+{form}"))
+                        signature::verify(crypto, config, &region, signed.document.as_bytes(), sig)?;
+                        format!("signature+{form}")
                     }
-                    None => (doc, form.to_string()),
-                }
+                    None => form.to_string(),
+                };
+                (signed_document(&signed.document)?, form)
             }
         };
         config.check_policy(&doc, now)?;
         Ok(doc.identity(&form))
     }
+}
+
+/// Parses a document whose signature holds. A key idgate trusts signed it, so
+/// if it is not an identity document that key cannot vouch for an instance:
+/// 401, as Coder refuses a document it cannot parse, not 400 (the request
+/// carried exactly what was signed).
+fn signed_document(text: &str) -> Result<Document, VerifyError> {
+    Document::parse(text).map_err(|e| {
+        VerifyError::UntrustedSigner(format!(
+            "the signature holds, but the signed document is not an instance identity document: {}",
+            e.reason()
+        ))
+    })
 }
 
 idgate_plugin_kit::export_provider!(Aws);

@@ -16,7 +16,8 @@ pub fn verify(
     document: &[u8],
     signature: &str,
 ) -> Result<(), VerifyError> {
-    let signature = base64_decode(signature).map_err(|e| VerifyError::Malformed(format!("signature: {e}")))?;
+    // Coder answers an undecodable signature as any other that fails: 401.
+    let signature = base64_decode(signature).map_err(|e| VerifyError::BadSignature(format!("signature: {e}")))?;
     let keys = config.keys(region, Purpose::Signature)?;
     if keys.is_empty() {
         return Err(VerifyError::UntrustedSigner(format!(
