@@ -116,7 +116,11 @@ fn rsa_sizes(rsa_public_key: &[u8]) -> Option<(usize, usize)> {
     let mut reader = der::SliceReader::new(rsa_public_key).ok()?;
     let (n, e): (der::asn1::UintRef<'_>, der::asn1::UintRef<'_>) =
         der::Reader::sequence(&mut reader, |r| Ok((der::Reader::decode(r)?, der::Reader::decode(r)?))).ok()?;
-    let bits = |bytes: &[u8]| bytes.first().map_or(0, |f| bytes.len() * 8 - f.leading_zeros() as usize);
+    let bits = |bytes: &[u8]| {
+        bytes
+            .first()
+            .map_or(0, |f| bytes.len() * 8 - f.leading_zeros() as usize)
+    };
     Some((bits(n.as_bytes()), bits(e.as_bytes())))
 }
 
@@ -250,17 +254,32 @@ mod tests {
         let c = NativeCrypto;
         let f4 = [0x01, 0x00, 0x01];
         let e = c
-            .verify_signature(SignatureAlgorithm::RsaPkcs1Sha256, &rsa_spki(&modulus(4097), &f4), b"m", &[1; 513])
+            .verify_signature(
+                SignatureAlgorithm::RsaPkcs1Sha256,
+                &rsa_spki(&modulus(4097), &f4),
+                b"m",
+                &[1; 513],
+            )
             .unwrap_err();
         assert!(e.contains("4097 bits is outside 2048..4096"), "{e}");
         let e = c
-            .verify_signature(SignatureAlgorithm::RsaPkcs1Sha256, &rsa_spki(&modulus(8192), &f4), b"m", &[1; 1024])
+            .verify_signature(
+                SignatureAlgorithm::RsaPkcs1Sha256,
+                &rsa_spki(&modulus(8192), &f4),
+                b"m",
+                &[1; 1024],
+            )
             .unwrap_err();
         assert!(e.contains("8192 bits is outside 2048..4096"), "{e}");
         // The review's exponent, 2^33 - 1, which ring itself would accept.
         let big_e = [0x01, 0xff, 0xff, 0xff, 0xff];
         let e = c
-            .verify_signature(SignatureAlgorithm::RsaPkcs1Sha256, &rsa_spki(&modulus(2048), &big_e), b"m", &[1; 256])
+            .verify_signature(
+                SignatureAlgorithm::RsaPkcs1Sha256,
+                &rsa_spki(&modulus(2048), &big_e),
+                b"m",
+                &[1; 256],
+            )
             .unwrap_err();
         assert!(e.contains("exponent of 33 bits is larger than 32 bits"), "{e}");
         let e = c
@@ -275,7 +294,12 @@ mod tests {
         // At the caps the key reaches ring, which answers (false for this garbage).
         for (bits, exp) in [(4096, &f4[..]), (2048, &[0xff, 0xff, 0xff, 0xff][..])] {
             assert_eq!(
-                c.verify_signature(SignatureAlgorithm::RsaPkcs1Sha256, &rsa_spki(&modulus(bits), exp), b"m", &[1; 16]),
+                c.verify_signature(
+                    SignatureAlgorithm::RsaPkcs1Sha256,
+                    &rsa_spki(&modulus(bits), exp),
+                    b"m",
+                    &[1; 16]
+                ),
                 Ok(false),
                 "{bits} bits"
             );

@@ -3,6 +3,7 @@
 
 mod aws;
 mod azure;
+mod db_kind;
 mod faults;
 mod gcp;
 mod http;
