@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use serde::Deserialize;
 
+use crate::db::DatabaseKind;
 use crate::sandbox::Limits;
 
 /// The parsed configuration file.
@@ -30,6 +31,8 @@ pub struct HostConfig {
     pub database_url: Option<String>,
     /// PostgreSQL URL for resolutions only (a read replica); absent means `database_url`.
     pub database_read_url: Option<String>,
+    /// Which kind of database `database_url` is (`auto`, `idgate`, `coder`).
+    pub database_kind: Option<DatabaseKind>,
     /// Directory of plugin `.wasm` files.
     pub plugins: Option<PathBuf>,
     /// Directory for compiled plugins.
@@ -104,6 +107,7 @@ const HOST_KEYS: &[&str] = &[
     "listen",
     "database_url",
     "database_read_url",
+    "database_kind",
     "plugins",
     "cache_dir",
     "log_format",
@@ -128,7 +132,8 @@ impl FileConfig {
     /// `IDGATE_PLUGIN_SHA256_<PROVIDER>` for pins.
     /// Values are read as TOML values (`5`, `true`, `["a","b"]`), else as strings.
     /// The variables behind command-line flags (`IDGATE_CONFIG`, `IDGATE_PLUGINS`,
-    /// `IDGATE_CACHE_DIR`, `IDGATE_DATABASE_URL`, `IDGATE_DATABASE_READ_URL`) are left to the flags.
+    /// `IDGATE_CACHE_DIR`, `IDGATE_DATABASE_URL`, `IDGATE_DATABASE_READ_URL`,
+    /// `IDGATE_DATABASE_KIND`) are left to the flags.
     pub fn load_with_env(
         path: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
@@ -152,6 +157,7 @@ impl FileConfig {
                 "cache_dir",
                 "database_url",
                 "database_read_url",
+                "database_kind",
                 "data_dir",
             ]
             .contains(&key.as_str())
@@ -217,15 +223,19 @@ impl FileConfig {
 }
 
 /// Where compiled plugins are cached by default: `$XDG_CACHE_HOME/idgate` or
-/// `~/.cache/idgate`.
-pub fn default_cache_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
-        return PathBuf::from(dir).join("idgate");
-    }
-    match std::env::var_os("HOME").filter(|d| !d.is_empty()) {
-        Some(home) => PathBuf::from(home).join(".cache/idgate"),
-        None => std::env::temp_dir().join("idgate-cache"),
-    }
+/// `~/.cache/idgate`, when that base is an absolute path to an existing
+/// directory. Otherwise there is no default: never one under a shared
+/// directory such as `/tmp` (others could plant entries there), so without a
+/// home and without `cache_dir` plugins are compiled in memory at each start.
+pub fn default_cache_dir() -> Option<PathBuf> {
+    let usable = |var: &str| {
+        std::env::var_os(var)
+            .map(PathBuf::from)
+            .filter(|d| d.is_absolute() && d != Path::new("/") && d.is_dir())
+    };
+    usable("XDG_CACHE_HOME")
+        .map(|d| d.join("idgate"))
+        .or_else(|| usable("HOME").map(|h| h.join(".cache/idgate")))
 }
 
 #[cfg(test)]
@@ -238,6 +248,7 @@ mod tests {
             r#"
             listen = "127.0.0.1:9000"
             database_read_url = "postgres://idgate@standby/coder"
+            database_kind = "coder"
             [sandbox]
             deadline_ms = 250
             [aws]
@@ -255,6 +266,7 @@ mod tests {
             Some("postgres://idgate@standby/coder")
         );
         assert!(!c.providers.contains_key("database_read_url"));
+        assert_eq!(c.host.database_kind, Some(DatabaseKind::Coder));
         assert_eq!(c.host.sandbox.limits().deadline, Duration::from_millis(250));
         assert_eq!(c.provider("aws")["certificates"]["us-east-1"], "PEM");
         assert_eq!(c.provider("azure"), serde_json::json!({}));

@@ -66,18 +66,28 @@ impl Crypto for NativeCrypto {
                 return Err(format!("EC key on curve {curve} does not fit {algorithm:?}"));
             }
         }
-        // ring reports a too-small key and a wrong signature alike; tell them apart
-        // for RSA so an operator sees why a 1024-bit key is refused.
+        // Sizes are checked before ring does any arithmetic: the key comes from a
+        // plugin, which may have taken it from a request, and the work runs on the
+        // host outside the plugin's CPU deadline. ring would accept moduli up to
+        // 8192 bits and exponents up to 2^33 - 1; no key a cloud signs with is
+        // bigger than 4096 bits or has an exponent past 32 bits (Go's crypto/rsa
+        // caps it at 2^31 - 1). ring also reports a too-small key and a wrong
+        // signature alike; the message tells them apart.
         if want_key == RSA_ENCRYPTION {
-            let bits = rsa_modulus_bits(key).ok_or("RSA public key is not a DER RSAPublicKey")?;
+            let (bits, e_bits) = rsa_sizes(key).ok_or("RSA public key is not a DER RSAPublicKey")?;
             let min = if algorithm == SignatureAlgorithm::Rsa1024Pkcs1Sha256 {
                 1024
             } else {
                 2048
             };
-            if !(min..=8192).contains(&bits) {
+            if !(min..=RSA_MAX_MODULUS_BITS).contains(&bits) {
                 return Err(format!(
-                    "RSA key of {bits} bits is outside {min}..8192 for {algorithm:?}"
+                    "RSA key of {bits} bits is outside {min}..{RSA_MAX_MODULUS_BITS} for {algorithm:?}"
+                ));
+            }
+            if e_bits > RSA_MAX_EXPONENT_BITS {
+                return Err(format!(
+                    "RSA public exponent of {e_bits} bits is larger than {RSA_MAX_EXPONENT_BITS} bits (at most 2^32 - 1)"
                 ));
             }
         }
@@ -95,14 +105,23 @@ impl Crypto for NativeCrypto {
     }
 }
 
-/// Bit length of the modulus of a DER RSAPublicKey `SEQUENCE { n INTEGER, e INTEGER }`.
-fn rsa_modulus_bits(rsa_public_key: &[u8]) -> Option<usize> {
+/// Largest RSA modulus the host does arithmetic on (see `verify_signature`).
+pub const RSA_MAX_MODULUS_BITS: usize = 4096;
+/// Largest RSA public exponent, in bits: `e < 2^32`.
+pub const RSA_MAX_EXPONENT_BITS: usize = 32;
+
+/// Bit lengths of the modulus and the public exponent of a DER RSAPublicKey
+/// `SEQUENCE { n INTEGER, e INTEGER }`.
+fn rsa_sizes(rsa_public_key: &[u8]) -> Option<(usize, usize)> {
     let mut reader = der::SliceReader::new(rsa_public_key).ok()?;
-    let (n, _e): (der::asn1::UintRef<'_>, der::asn1::UintRef<'_>) =
+    let (n, e): (der::asn1::UintRef<'_>, der::asn1::UintRef<'_>) =
         der::Reader::sequence(&mut reader, |r| Ok((der::Reader::decode(r)?, der::Reader::decode(r)?))).ok()?;
-    let bytes = n.as_bytes();
-    let first = *bytes.first()?;
-    Some(bytes.len() * 8 - first.leading_zeros() as usize)
+    let bits = |bytes: &[u8]| {
+        bytes
+            .first()
+            .map_or(0, |f| bytes.len() * 8 - f.leading_zeros() as usize)
+    };
+    Some((bits(n.as_bytes()), bits(e.as_bytes())))
 }
 
 fn verify_dsa_sha1(spki_der: &[u8], message: &[u8], signature: &[u8]) -> Result<bool, String> {
@@ -206,6 +225,85 @@ mod tests {
             .unwrap_err();
         // Within the bounds, the (garbage) key reaches `dsa`, which refuses it.
         assert!(e.contains("unusable DSA key"), "{e}");
+    }
+
+    /// A DER SubjectPublicKeyInfo for an RSA key with modulus `n` and exponent `e`
+    /// (big-endian magnitudes).
+    fn rsa_spki(n: &[u8], e: &[u8]) -> Vec<u8> {
+        let uint = |v: &[u8]| {
+            let mut c = if v[0] & 0x80 != 0 { vec![0] } else { vec![] };
+            c.extend_from_slice(v);
+            tlv(0x02, &c)
+        };
+        let rsa_key = tlv(0x30, &[uint(n), uint(e)].concat());
+        let oid = tlv(0x06, &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01]);
+        let algorithm = tlv(0x30, &[oid, vec![0x05, 0x00]].concat());
+        let key = tlv(0x03, &[&[0u8][..], &rsa_key].concat());
+        tlv(0x30, &[algorithm, key].concat())
+    }
+
+    /// An odd modulus of exactly `bits` bits (not a real key: the caps come first).
+    fn modulus(bits: usize) -> Vec<u8> {
+        let mut n = vec![0xffu8; bits.div_ceil(8)];
+        n[0] = 0xff >> (n.len() * 8 - bits);
+        n
+    }
+
+    #[test]
+    fn oversized_rsa_moduli_and_exponents_are_refused_before_any_arithmetic() {
+        let c = NativeCrypto;
+        let f4 = [0x01, 0x00, 0x01];
+        let e = c
+            .verify_signature(
+                SignatureAlgorithm::RsaPkcs1Sha256,
+                &rsa_spki(&modulus(4097), &f4),
+                b"m",
+                &[1; 513],
+            )
+            .unwrap_err();
+        assert!(e.contains("4097 bits is outside 2048..4096"), "{e}");
+        let e = c
+            .verify_signature(
+                SignatureAlgorithm::RsaPkcs1Sha256,
+                &rsa_spki(&modulus(8192), &f4),
+                b"m",
+                &[1; 1024],
+            )
+            .unwrap_err();
+        assert!(e.contains("8192 bits is outside 2048..4096"), "{e}");
+        // The review's exponent, 2^33 - 1, which ring itself would accept.
+        let big_e = [0x01, 0xff, 0xff, 0xff, 0xff];
+        let e = c
+            .verify_signature(
+                SignatureAlgorithm::RsaPkcs1Sha256,
+                &rsa_spki(&modulus(2048), &big_e),
+                b"m",
+                &[1; 256],
+            )
+            .unwrap_err();
+        assert!(e.contains("exponent of 33 bits is larger than 32 bits"), "{e}");
+        let e = c
+            .verify_signature(
+                SignatureAlgorithm::RsaPkcs1Sha256,
+                &rsa_spki(&modulus(2048), &[0x01, 0, 0, 0, 0]),
+                b"m",
+                &[1; 256],
+            )
+            .unwrap_err();
+        assert!(e.contains("exponent of 33 bits"), "{e}");
+        // At the caps the key reaches ring, which answers (false for this garbage).
+        for (bits, exp) in [(4096, &f4[..]), (2048, &[0xff, 0xff, 0xff, 0xff][..])] {
+            assert_eq!(
+                c.verify_signature(
+                    SignatureAlgorithm::RsaPkcs1Sha256,
+                    &rsa_spki(&modulus(bits), exp),
+                    b"m",
+                    &[1; 16]
+                ),
+                Ok(false),
+                "{bits} bits"
+            );
+        }
     }
 
     #[test]

@@ -1,133 +1,570 @@
-//! Which files idgate may trust to run: plugin `.wasm` files and compiled
-//! (native-code) cache entries, and the directories holding them.
+//! Which files idgate may trust to run — plugin `.wasm` files and compiled
+//! (native-code) cache entries — and how they are opened, so that what is run
+//! is what was checked.
 //!
 //! Whoever can write a plugin decides who gets a session token, and whoever can
 //! write a cache entry runs native code inside the host. So, as sshd's
-//! `StrictModes` does for `authorized_keys`, a path is trusted only if it and every
-//! directory above it are owned by idgate's user or root and are not writable by
-//! group or others. A world-writable ancestor is tolerated only with the sticky
-//! bit and owned by root (`/tmp`): there, other users cannot rename or replace
-//! entries they do not own.
+//! `StrictModes` does for `authorized_keys`, a path is trusted only if every
+//! directory on it and the file itself are owned by idgate's user or root and
+//! are not writable by group or others. A world-writable directory above the
+//! plugin or cache directory is tolerated only with the sticky bit and owned by
+//! root (`/tmp`): there, other users cannot rename or replace entries they do
+//! not own.
+//!
+//! Checked by descriptor, never by name: a path is walked from `/` one
+//! component at a time with `openat(O_PATH | O_NOFOLLOW)` on the directory
+//! opened before it, each component checked with `fstat` on its own
+//! descriptor. A symbolic link is followed only if root or idgate's user owns
+//! it (its target is read from the link that was checked, then walked the same
+//! way; at most [`MAX_LINK_HOPS`] links per path). A file's bytes are then read
+//! from the descriptor that was checked, and cache entries are written and
+//! renamed inside the directory descriptor that was checked. Nothing is ever
+//! reopened by name, so re-pointing a link or renaming a directory between the
+//! check and the read changes nothing.
 
-use std::fs::Metadata;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::ffi::{CStr, CString, OsStr, OsString};
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{bail, Context};
 
 const GROUP_OTHER_WRITE: u32 = 0o022;
 const STICKY: u32 = 0o1000;
 
-/// Refuses `dir` unless it is a directory that only idgate's user (or root) can
-/// change, along with every directory above it.
-pub fn check_dir(dir: &Path, what: &str) -> anyhow::Result<()> {
-    check_path(dir, what, true)
+/// Most symbolic links followed while resolving one path (Linux allows 40).
+pub const MAX_LINK_HOPS: usize = 16;
+
+/// Largest file read as a plugin or a cache entry: a bound on what one file
+/// may cost in memory (compiled plugins are a few MiB).
+pub const MAX_FILE_BYTES: u64 = 256 << 20;
+
+/// A directory opened by walking its path from `/`, every component checked.
+/// Files are opened, read and written through its descriptor.
+#[derive(Debug)]
+pub struct TrustedDir {
+    /// Descriptors of `/` and every directory down to this one (`O_PATH`), so
+    /// a relative link inside it resolves against what was checked.
+    stack: Vec<Step>,
+    /// The path as it was asked for, for messages.
+    shown: PathBuf,
 }
 
-/// Refuses `file` unless it is a regular file that only idgate's user (or root)
-/// can change, in directories only they can change. Follows symbolic links and
-/// checks where they lead.
-pub fn check_file(file: &Path, what: &str) -> anyhow::Result<()> {
-    check_path(file, what, false)
+#[derive(Debug, Clone)]
+struct Step {
+    fd: Arc<OwnedFd>,
+    /// The resolved path of this directory, for messages.
+    real: PathBuf,
 }
 
-fn check_path(path: &Path, what: &str, directory: bool) -> anyhow::Result<()> {
-    let real = path
-        .canonicalize()
-        .with_context(|| format!("{what} {}", path.display()))?;
-    let meta = std::fs::metadata(&real).with_context(|| format!("{what} {}", path.display()))?;
-    if directory && !meta.is_dir() {
-        bail!("{what} {} is not a directory", path.display());
+/// Whether a file's own name may be a symbolic link (to follow if trusted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Links {
+    /// Follow a link owned by root or idgate's user (plugins may be linked in).
+    FollowTrusted,
+    /// Refuse a link in the file's own name (cache entries: idgate writes them).
+    Refuse,
+}
+
+/// Opens `dir` for trusted use: a directory that only idgate's user (or root)
+/// can change, below directories only they can change.
+pub fn open_dir(dir: &Path, what: &str) -> anyhow::Result<TrustedDir> {
+    let shown = dir.to_path_buf();
+    let (stack, _) = walk(root()?, &absolute(dir)?, End::Dir, Create::No, what, dir)?;
+    Ok(TrustedDir { stack, shown })
+}
+
+/// [`open_dir`], creating missing directories on the way as `0700` (each in
+/// the checked directory above it), so the compiled-plugin cache starts
+/// private.
+pub fn open_private_dir(dir: &Path, what: &str) -> anyhow::Result<TrustedDir> {
+    let shown = dir.to_path_buf();
+    let (stack, _) = walk(root()?, &absolute(dir)?, End::Dir, Create::Private, what, dir)?;
+    Ok(TrustedDir { stack, shown })
+}
+
+impl TrustedDir {
+    /// The path as configured.
+    pub fn path(&self) -> &Path {
+        &self.shown
     }
-    if !directory && !meta.is_file() {
-        bail!("{what} {} is not a regular file", path.display());
+
+    /// The path it resolved to.
+    pub fn real_path(&self) -> &Path {
+        &self.top().real
     }
-    check_owner_and_mode(&real, &meta, what)?;
-    check_ancestors(&real, what)
+
+    fn top(&self) -> &Step {
+        self.stack.last().expect("a walk always holds `/`")
+    }
+
+    /// The names in the directory (without `.` and `..`), read by descriptor.
+    pub fn names(&self) -> anyhow::Result<Vec<OsString>> {
+        let listing = openat(self.top().fd.as_fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)
+            .with_context(|| format!("reading directory {}", self.shown.display()))?;
+        // SAFETY: fdopendir takes ownership of a valid directory descriptor;
+        // readdir's entries are read before the next call; closedir frees it.
+        unsafe {
+            let raw = listing.as_raw_fd();
+            let dir = libc::fdopendir(raw);
+            if dir.is_null() {
+                return Err(io::Error::last_os_error()).with_context(|| format!("reading {}", self.shown.display()));
+            }
+            std::mem::forget(listing);
+            let mut names = Vec::new();
+            loop {
+                *libc::__errno_location() = 0;
+                let entry = libc::readdir(dir);
+                if entry.is_null() {
+                    let errno = *libc::__errno_location();
+                    libc::closedir(dir);
+                    if errno != 0 {
+                        return Err(io::Error::from_raw_os_error(errno))
+                            .with_context(|| format!("reading {}", self.shown.display()));
+                    }
+                    return Ok(names);
+                }
+                let name = CStr::from_ptr((*entry).d_name.as_ptr()).to_bytes();
+                if name != b"." && name != b".." {
+                    names.push(OsString::from_vec(name.to_vec()));
+                }
+            }
+        }
+    }
+
+    /// Reads the file `name` in this directory if it exists and is trusted: a
+    /// regular file owned by idgate's user or root, not writable by group or
+    /// others, reached through trusted links only (with [`Links::FollowTrusted`]).
+    /// The bytes are read from the descriptor that was checked. `Ok(None)`:
+    /// there is no such file.
+    pub fn read(&self, name: &OsStr, what: &str, links: Links) -> anyhow::Result<Option<Vec<u8>>> {
+        let shown = self.shown.join(name);
+        let name = single_component(name)?;
+        let opened = match links {
+            Links::FollowTrusted => walk(self.stack.clone(), Path::new(name), End::File, Create::No, what, &shown)
+                .map(|(_, file)| file.expect("a file walk ends at a file")),
+            Links::Refuse => open_last_no_link(self.top(), name, what, &shown),
+        };
+        let file = match opened {
+            Ok(file) => file,
+            Err(e) if is_not_found(&e) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        read_bounded(file, &shown).map(Some)
+    }
+
+    /// Writes `bytes` as the `0600` file `name` in this directory: first to a
+    /// fresh temporary name created with `O_EXCL | O_NOFOLLOW` (never a link
+    /// someone placed there), synced, then renamed over `name` within the
+    /// directory's descriptor, so a reader never sees half an entry. The
+    /// temporary name is one no other writer uses, in this process or another.
+    pub fn write_private(&self, name: &str, bytes: &[u8]) -> anyhow::Result<()> {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static WRITES: AtomicU64 = AtomicU64::new(0);
+        let shown = self.shown.join(name);
+        let final_name = cstring(single_component(OsStr::new(name))?)?;
+        let n = WRITES.fetch_add(1, Ordering::Relaxed);
+        let tmp = cstring(OsStr::new(&format!(".{name}.tmp{}-{n}", std::process::id())))?;
+        let dir = self.top().fd.as_fd();
+        let written = (|| -> io::Result<()> {
+            let fd = openat(
+                dir,
+                &tmp,
+                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
+                0o600,
+            )?;
+            let mut file = std::fs::File::from(fd);
+            file.write_all(bytes)?;
+            file.sync_all()?;
+            // SAFETY: both names are NUL-terminated and relative to `dir`.
+            if unsafe { libc::renameat(dir.as_raw_fd(), tmp.as_ptr(), dir.as_raw_fd(), final_name.as_ptr()) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        })();
+        if written.is_err() {
+            // SAFETY: as above; failing to remove a temporary file is harmless.
+            unsafe { libc::unlinkat(dir.as_raw_fd(), tmp.as_ptr(), 0) };
+        }
+        written.with_context(|| format!("writing {}", shown.display()))
+    }
 }
 
-/// Creates `dir` (and missing parents) as `0700` if it does not exist, so the
-/// compiled-plugin cache starts private.
-pub fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    if dir.is_dir() {
-        return Ok(());
-    }
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .with_context(|| format!("creating directory {}", dir.display()))
+/// What a walk must end at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    Dir,
+    File,
 }
 
-/// Writes `bytes` to `path` as a `0600` file: first to a fresh temporary file in
-/// the same directory (never following a link someone placed there), then renamed
-/// over `path`, so a reader never sees half an entry. The temporary name is one no
-/// other writer uses, in this process or another, so two loads caching the same
-/// entry at once never interleave in one file.
-pub fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let tmp = path.with_extension(format!("tmp{}-{n}", std::process::id()));
-    let written = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
-        .and_then(|()| std::fs::rename(&tmp, path));
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written.with_context(|| format!("writing {}", path.display()))
+/// Whether a walk creates missing directories.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Create {
+    No,
+    Private,
 }
 
-fn check_owner_and_mode(path: &Path, meta: &Metadata, what: &str) -> anyhow::Result<()> {
-    let me = effective_uid();
-    let owner = meta.uid();
-    if owner != me && owner != 0 {
+/// Marks "no such file" among walk errors, so a missing cache entry is not an error.
+#[derive(Debug)]
+struct NotFound;
+
+impl std::fmt::Display for NotFound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("no such file or directory")
+    }
+}
+
+impl std::error::Error for NotFound {}
+
+fn is_not_found(e: &anyhow::Error) -> bool {
+    e.root_cause().downcast_ref::<NotFound>().is_some()
+}
+
+/// `/`, opened and checked (owned by root or idgate's user; not writable by
+/// others unless root-owned and sticky).
+fn root() -> anyhow::Result<Vec<Step>> {
+    let fd = open_cwd_relative(c"/", libc::O_PATH | libc::O_DIRECTORY).context("opening /")?;
+    let st = fstat(fd.as_fd()).context("checking /")?;
+    let real = PathBuf::from("/");
+    check_ancestor(&st, &real, "/", Path::new("/"))?;
+    Ok(vec![Step { fd: Arc::new(fd), real }])
+}
+
+/// `path` made absolute against the working directory (which `getcwd` reports
+/// resolved); the walk checks it like any other.
+fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
+    if path.is_absolute() {
+        return Ok(path.to_path_buf());
+    }
+    Ok(std::env::current_dir()
+        .context("reading the working directory")?
+        .join(path))
+}
+
+fn single_component(name: &OsStr) -> anyhow::Result<&OsStr> {
+    let mut parts = Path::new(name).components();
+    match (parts.next(), parts.next()) {
+        (Some(Component::Normal(n)), None) if n == name => Ok(n),
+        _ => bail!("{name:?} is not a plain file name"),
+    }
+}
+
+/// Walks `path` from the top of `stack` (which starts at `/`, or at a trusted
+/// directory for a relative `path`), checking every component; returns the
+/// directories walked and, for [`End::File`], the file opened for reading.
+fn walk(
+    mut stack: Vec<Step>,
+    path: &Path,
+    end: End,
+    create: Create,
+    what: &str,
+    shown: &Path,
+) -> anyhow::Result<(Vec<Step>, Option<std::fs::File>)> {
+    let mut remaining: std::collections::VecDeque<OsString> = std::collections::VecDeque::new();
+    push_front(&mut stack, &mut remaining, path);
+    let mut hops = 0;
+    while let Some(name) = remaining.pop_front() {
+        let last = remaining.is_empty();
+        if name == ".." {
+            if stack.len() > 1 {
+                stack.pop();
+            }
+            continue;
+        }
+        let parent = stack.last().expect("a walk always holds `/`").clone();
+        let real = parent.real.join(&name);
+        let c_name = cstring(&name)?;
+        let fd = match openat(parent.fd.as_fd(), &c_name, libc::O_PATH | libc::O_NOFOLLOW, 0) {
+            Ok(fd) => fd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound && create == Create::Private => {
+                // SAFETY: a NUL-terminated name relative to a valid directory descriptor.
+                if unsafe { libc::mkdirat(parent.fd.as_raw_fd(), c_name.as_ptr(), 0o700) } != 0 {
+                    let e = io::Error::last_os_error();
+                    if e.kind() != io::ErrorKind::AlreadyExists {
+                        return Err(e).with_context(|| format!("creating directory {}", real.display()));
+                    }
+                }
+                openat(parent.fd.as_fd(), &c_name, libc::O_PATH | libc::O_NOFOLLOW, 0)
+                    .with_context(|| format!("{what} {}: opening {}", shown.display(), real.display()))?
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(anyhow::Error::new(NotFound).context(format!(
+                    "{what} {}: {}",
+                    shown.display(),
+                    real.display()
+                )))
+            }
+            Err(e) => return Err(e).with_context(|| format!("{what} {}: opening {}", shown.display(), real.display())),
+        };
+        let st = fstat(fd.as_fd()).with_context(|| format!("checking {}", real.display()))?;
+        match st.st_mode & libc::S_IFMT {
+            libc::S_IFLNK => {
+                check_link_owner(&st, &real, what, shown)?;
+                hops += 1;
+                if hops > MAX_LINK_HOPS {
+                    bail!(
+                        "{what} {}: more than {MAX_LINK_HOPS} symbolic links on the way (a loop?)",
+                        shown.display()
+                    );
+                }
+                let target = read_link(fd.as_fd()).with_context(|| format!("reading link {}", real.display()))?;
+                push_front(&mut stack, &mut remaining, Path::new(&target));
+            }
+            libc::S_IFDIR => {
+                if last && end == End::Dir {
+                    check_final(&st, &real, what, shown)?;
+                } else {
+                    check_ancestor(&st, &real, what, shown)?;
+                }
+                stack.push(Step { fd: Arc::new(fd), real });
+            }
+            libc::S_IFREG if last && end == End::File => {
+                check_final(&st, &real, what, shown)?;
+                let file = reopen_readable(&parent, &c_name, &st, &real, what, shown)?;
+                return Ok((stack, Some(file)));
+            }
+            libc::S_IFREG => bail!(
+                "{what} {}: {} is a file, not a directory",
+                shown.display(),
+                real.display()
+            ),
+            _ => bail!(
+                "{what} {}: {} is neither a regular file nor a directory",
+                shown.display(),
+                real.display()
+            ),
+        }
+    }
+    match end {
+        End::Dir => {
+            // The directory the walk ended in is held to the final rule even
+            // if it was reached as an ancestor (`dir/sub/..`).
+            let top = stack.last().expect("a walk always holds `/`");
+            let st = fstat(top.fd.as_fd()).with_context(|| format!("checking {}", top.real.display()))?;
+            check_final(&st, &top.real, what, shown)?;
+            Ok((stack, None))
+        }
+        End::File => bail!("{what} {}: is a directory, not a regular file", shown.display()),
+    }
+}
+
+/// Opens `name` in `parent` as a regular file that may not be a link itself.
+fn open_last_no_link(parent: &Step, name: &OsStr, what: &str, shown: &Path) -> anyhow::Result<std::fs::File> {
+    let real = parent.real.join(name);
+    let c_name = cstring(name)?;
+    let fd = match openat(parent.fd.as_fd(), &c_name, libc::O_PATH | libc::O_NOFOLLOW, 0) {
+        Ok(fd) => fd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(anyhow::Error::new(NotFound).context(format!("{what} {}", shown.display())))
+        }
+        Err(e) => return Err(e).with_context(|| format!("{what} {}", shown.display())),
+    };
+    let st = fstat(fd.as_fd()).with_context(|| format!("checking {}", real.display()))?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
         bail!(
-            "{what} {} is owned by uid {owner}, not by idgate's user (uid {me}) or root: refusing to trust it",
-            path.display()
+            "{what} {} is not a regular file (links are not followed here)",
+            shown.display()
         );
     }
-    let mode = meta.permissions().mode();
+    check_final(&st, &real, what, shown)?;
+    reopen_readable(parent, &c_name, &st, &real, what, shown)
+}
+
+/// Opens the regular file just checked through its `O_PATH` descriptor's
+/// directory for reading, and makes sure it is the same file (a file only a
+/// trusted user can replace, but the check costs nothing).
+fn reopen_readable(
+    parent: &Step,
+    name: &CStr,
+    checked: &libc::stat,
+    real: &Path,
+    what: &str,
+    shown: &Path,
+) -> anyhow::Result<std::fs::File> {
+    let fd = openat(
+        parent.fd.as_fd(),
+        name,
+        libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY,
+        0,
+    )
+    .with_context(|| format!("{what} {}: opening {}", shown.display(), real.display()))?;
+    let st = fstat(fd.as_fd()).with_context(|| format!("checking {}", real.display()))?;
+    if (st.st_dev, st.st_ino) != (checked.st_dev, checked.st_ino) || st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        bail!(
+            "{what} {}: {} changed while it was opened",
+            shown.display(),
+            real.display()
+        );
+    }
+    check_final(&st, real, what, shown)?;
+    Ok(std::fs::File::from(fd))
+}
+
+/// Puts `path`'s components before `remaining`; an absolute path restarts the
+/// walk at `/`.
+fn push_front(stack: &mut Vec<Step>, remaining: &mut std::collections::VecDeque<OsString>, path: &Path) {
+    if path.is_absolute() {
+        stack.truncate(1);
+    }
+    let parts: Vec<OsString> = path
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(n) => Some(n.to_os_string()),
+            Component::ParentDir => Some(OsString::from("..")),
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => None,
+        })
+        .collect();
+    for part in parts.into_iter().rev() {
+        remaining.push_front(part);
+    }
+}
+
+fn read_bounded(file: std::fs::File, shown: &Path) -> anyhow::Result<Vec<u8>> {
+    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+    if size > MAX_FILE_BYTES {
+        bail!(
+            "{} is {size} bytes, more than the {MAX_FILE_BYTES} idgate reads",
+            shown.display()
+        );
+    }
+    let mut bytes = Vec::with_capacity(size as usize);
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("reading {}", shown.display()))?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        bail!(
+            "{} is more than the {MAX_FILE_BYTES} bytes idgate reads",
+            shown.display()
+        );
+    }
+    Ok(bytes)
+}
+
+fn is_trusted_owner(uid: u32) -> bool {
+    uid == 0 || uid == effective_uid()
+}
+
+fn owned_by_another(st: &libc::stat, real: &Path, what: &str, shown: &Path) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{what} {}: {} is owned by uid {}, not by idgate's user (uid {}) or root: refusing to trust it",
+        shown.display(),
+        real.display(),
+        st.st_uid,
+        effective_uid()
+    )
+}
+
+/// The plugin or cache directory itself, or the file: trusted owner, and
+/// nobody else may write.
+fn check_final(st: &libc::stat, real: &Path, what: &str, shown: &Path) -> anyhow::Result<()> {
+    if !is_trusted_owner(st.st_uid) {
+        return Err(owned_by_another(st, real, what, shown));
+    }
+    let mode = st.st_mode & 0o7777;
     if mode & GROUP_OTHER_WRITE != 0 {
         bail!(
-            "{what} {} is writable by group or others (mode {:o}): refusing to trust it (chmod go-w)",
-            path.display(),
-            mode & 0o7777
+            "{what} {}: {} is writable by group or others (mode {mode:o}): refusing to trust it (chmod go-w)",
+            shown.display(),
+            real.display()
         );
     }
     Ok(())
 }
 
-fn check_ancestors(real: &Path, what: &str) -> anyhow::Result<()> {
-    let me = effective_uid();
-    let mut dir: Option<PathBuf> = real.parent().map(Path::to_path_buf);
-    while let Some(d) = dir {
-        let meta = std::fs::metadata(&d).with_context(|| format!("checking {}", d.display()))?;
-        let mode = meta.permissions().mode();
-        let owner = meta.uid();
-        let sticky_root = owner == 0 && mode & STICKY != 0;
-        if (owner != me && owner != 0) || (mode & GROUP_OTHER_WRITE != 0 && !sticky_root) {
-            bail!(
-                "{what} {} lies under {}, which {} (owner uid {owner}, mode {:o}): refusing to trust it",
-                real.display(),
-                d.display(),
-                if owner != me && owner != 0 {
-                    "is owned by another user"
-                } else {
-                    "group or others can write"
-                },
-                mode & 0o7777
-            );
-        }
-        dir = d.parent().map(Path::to_path_buf);
+/// A directory above the plugin or cache directory: as [`check_final`], except
+/// that a root-owned sticky directory (`/tmp`) may be writable by others.
+fn check_ancestor(st: &libc::stat, real: &Path, what: &str, shown: &Path) -> anyhow::Result<()> {
+    if !is_trusted_owner(st.st_uid) {
+        return Err(owned_by_another(st, real, what, shown));
+    }
+    let mode = st.st_mode & 0o7777;
+    let sticky_root = st.st_uid == 0 && mode & STICKY != 0;
+    if mode & GROUP_OTHER_WRITE != 0 && !sticky_root {
+        bail!(
+            "{what} {} lies under {}, which group or others can write (owner uid {}, mode {mode:o}): refusing to trust it",
+            shown.display(),
+            real.display(),
+            st.st_uid
+        );
     }
     Ok(())
+}
+
+/// A link is followed only if its owner is trusted: whoever owns a link can
+/// re-point it (in a sticky directory, only they can).
+fn check_link_owner(st: &libc::stat, real: &Path, what: &str, shown: &Path) -> anyhow::Result<()> {
+    if !is_trusted_owner(st.st_uid) {
+        bail!(
+            "{what} {}: {} is a symbolic link owned by uid {}, not by idgate's user (uid {}) or root: refusing to follow it",
+            shown.display(),
+            real.display(),
+            st.st_uid,
+            effective_uid()
+        );
+    }
+    Ok(())
+}
+
+fn cstring(name: &OsStr) -> anyhow::Result<CString> {
+    CString::new(name.as_bytes()).with_context(|| format!("{name:?} contains a NUL byte"))
+}
+
+fn openat(dir: BorrowedFd<'_>, name: &CStr, flags: libc::c_int, mode: libc::mode_t) -> io::Result<OwnedFd> {
+    // SAFETY: `dir` is a valid descriptor and `name` NUL-terminated; a
+    // non-negative result is a new descriptor this function now owns.
+    let fd = unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            flags | libc::O_CLOEXEC,
+            mode as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: see above.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn open_cwd_relative(path: &CStr, flags: libc::c_int) -> io::Result<OwnedFd> {
+    // SAFETY: as `openat`; `path` is absolute here, so AT_FDCWD is not used.
+    let fd = unsafe { libc::open(path.as_ptr(), flags | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a new descriptor this function owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn fstat(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: `fd` is valid; fstat fills `st` on success.
+    if unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fstat succeeded, so `st` is initialised.
+    Ok(unsafe { st.assume_init() })
+}
+
+/// The target of the link `fd` (opened `O_PATH | O_NOFOLLOW`) refers to: the
+/// link that was checked, whatever its name points at by now.
+fn read_link(fd: BorrowedFd<'_>) -> io::Result<OsString> {
+    let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
+    // SAFETY: an empty path with an O_PATH link descriptor reads that link
+    // (Linux ≥ 2.6.39); the buffer is as long as we say.
+    let n = unsafe { libc::readlinkat(fd.as_raw_fd(), c"".as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let n = n as usize;
+    if n == 0 || n >= buf.len() {
+        return Err(io::Error::other("the link's target is empty or too long"));
+    }
+    buf.truncate(n);
+    Ok(OsString::from_vec(buf))
 }
 
 fn effective_uid() -> u32 {
@@ -138,50 +575,198 @@ fn effective_uid() -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     fn chmod(path: &Path, mode: u32) {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
     }
 
-    #[test]
-    fn private_directory_and_file_pass() {
+    fn mode(path: &Path) -> u32 {
+        std::fs::symlink_metadata(path).unwrap().permissions().mode() & 0o7777
+    }
+
+    /// A private directory (0700) under the temporary directory.
+    fn private_tmp() -> tempfile::TempDir {
         let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("plugins");
-        create_private_dir(&dir).unwrap();
-        assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
-        let file = dir.join("a.cwasm");
-        write_private(&file, b"x").unwrap();
-        assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
-        check_dir(&dir, "plugin directory").unwrap();
-        check_file(&file, "cache entry").unwrap();
+        chmod(tmp.path(), 0o700);
+        tmp
+    }
+
+    fn is_root() -> bool {
+        effective_uid() == 0
+    }
+
+    /// The uid of `nobody` on Debian and most distributions.
+    const NOBODY: u32 = 65534;
+
+    fn lchown(path: &Path, uid: u32) {
+        std::os::unix::fs::lchown(path, Some(uid), None).unwrap();
     }
 
     #[test]
-    fn group_or_other_writable_is_refused() {
-        let tmp = tempfile::tempdir().unwrap();
+    fn private_directory_and_file_pass() {
+        let tmp = private_tmp();
+        let dir = tmp.path().join("a/b/cache");
+        let cache = open_private_dir(&dir, "cache").unwrap();
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&tmp.path().join("a")), 0o700);
+        cache.write_private("e.cwasm", b"x").unwrap();
+        assert_eq!(mode(&dir.join("e.cwasm")), 0o600);
+        assert_eq!(
+            cache.read(OsStr::new("e.cwasm"), "entry", Links::Refuse).unwrap(),
+            Some(b"x".to_vec())
+        );
+        assert_eq!(cache.read(OsStr::new("none"), "entry", Links::Refuse).unwrap(), None);
+        // Replaced atomically, no temporary left behind.
+        cache.write_private("e.cwasm", b"yz").unwrap();
+        assert_eq!(std::fs::read(dir.join("e.cwasm")).unwrap(), b"yz");
+        assert_eq!(cache.names().unwrap(), vec![OsString::from("e.cwasm")]);
+        open_dir(&dir, "plugin directory").unwrap();
+    }
+
+    #[test]
+    fn the_walk_refuses_a_group_writable_directory() {
+        let tmp = private_tmp();
         let dir = tmp.path().join("plugins");
-        create_private_dir(&dir).unwrap();
-        let file = dir.join("aws.wasm");
-        std::fs::write(&file, b"x").unwrap();
-        chmod(&file, 0o664);
-        let e = check_file(&file, "plugin").unwrap_err().to_string();
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("aws.wasm"), b"x").unwrap();
+        chmod(&dir.join("aws.wasm"), 0o664);
+        let trusted = open_dir(&dir, "plugin directory").unwrap();
+        let e = trusted
+            .read(OsStr::new("aws.wasm"), "plugin", Links::FollowTrusted)
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("writable by group or others") && e.contains("aws.wasm"),
             "{e}"
         );
-        chmod(&file, 0o644);
-        chmod(&dir, 0o777);
-        let e = check_dir(&dir, "plugin directory").unwrap_err().to_string();
-        assert!(e.contains("writable by group or others"), "{e}");
-        // The file inherits the distrust of its directory.
-        let e = check_file(&file, "plugin").unwrap_err().to_string();
+        chmod(&dir.join("aws.wasm"), 0o644);
+
+        chmod(&dir, 0o775);
+        let e = open_dir(&dir, "plugin directory").unwrap_err().to_string();
+        assert!(
+            e.contains("plugin directory") && e.contains("writable by group or others"),
+            "{e}"
+        );
+        // A directory above is held to the same rule (it is not root's and sticky).
+        chmod(&dir, 0o755);
+        chmod(tmp.path(), 0o770);
+        let e = open_dir(&dir, "plugin directory").unwrap_err().to_string();
         assert!(e.contains("group or others can write"), "{e}");
+        // With the sticky bit but not owned by root, still refused (unless we are root).
+        chmod(tmp.path(), 0o1777);
+        let walked = open_dir(&dir, "plugin directory");
+        assert_eq!(walked.is_ok(), is_root(), "{walked:?}");
     }
 
     #[test]
-    fn sticky_root_directories_are_tolerated_as_ancestors() {
+    fn sticky_root_directories_are_tolerated_as_ancestors_only() {
         // The temporary directory (normally /tmp, 1777 root) is an ancestor here.
-        let tmp = tempfile::tempdir().unwrap();
-        check_dir(tmp.path(), "plugin directory").unwrap();
+        let tmp = private_tmp();
+        open_dir(tmp.path(), "plugin directory").unwrap();
+        let sys_tmp = std::env::temp_dir();
+        if mode(&sys_tmp) & 0o1002 == 0o1002 {
+            let e = open_dir(&sys_tmp, "plugin directory").unwrap_err().to_string();
+            assert!(e.contains("writable by group or others"), "{e}");
+        }
+    }
+
+    #[test]
+    fn trusted_links_are_followed_and_read_by_descriptor() {
+        let tmp = private_tmp();
+        let real = tmp.path().join("real");
+        std::fs::create_dir(&real).unwrap();
+        std::fs::write(real.join("aws.wasm"), b"plugin").unwrap();
+        std::os::unix::fs::symlink("real", tmp.path().join("rel")).unwrap();
+        std::os::unix::fs::symlink(&real, tmp.path().join("abs")).unwrap();
+        std::os::unix::fs::symlink("../real/aws.wasm", real.join("linked.wasm")).unwrap();
+        for link in ["rel", "abs"] {
+            let dir = open_dir(&tmp.path().join(link), "plugin directory").unwrap();
+            assert_eq!(dir.real_path(), real);
+            for name in ["aws.wasm", "linked.wasm"] {
+                assert_eq!(
+                    dir.read(OsStr::new(name), "plugin", Links::FollowTrusted).unwrap(),
+                    Some(b"plugin".to_vec())
+                );
+            }
+            // A cache entry is never a link, even a trusted one.
+            let e = dir
+                .read(OsStr::new("linked.wasm"), "entry", Links::Refuse)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("not a regular file"), "{e}");
+        }
+        // What was opened stays what is read: re-pointing the link afterwards
+        // does not move an opened directory.
+        let dir = open_dir(&tmp.path().join("rel"), "plugin directory").unwrap();
+        let other = tmp.path().join("other");
+        std::fs::create_dir(&other).unwrap();
+        std::fs::write(other.join("aws.wasm"), b"foreign").unwrap();
+        std::fs::remove_file(tmp.path().join("rel")).unwrap();
+        std::os::unix::fs::symlink("other", tmp.path().join("rel")).unwrap();
+        assert_eq!(
+            dir.read(OsStr::new("aws.wasm"), "plugin", Links::FollowTrusted)
+                .unwrap(),
+            Some(b"plugin".to_vec())
+        );
+    }
+
+    #[test]
+    fn link_loops_are_bounded() {
+        let tmp = private_tmp();
+        std::os::unix::fs::symlink("b", tmp.path().join("a")).unwrap();
+        std::os::unix::fs::symlink("a", tmp.path().join("b")).unwrap();
+        let e = open_dir(&tmp.path().join("a"), "plugin directory")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("more than 16 symbolic links"), "{e}");
+    }
+
+    #[test]
+    fn the_walk_refuses_a_link_another_user_owns() {
+        if !is_root() {
+            eprintln!("the_walk_refuses_a_link_another_user_owns needs root to lchown; skipped");
+            return;
+        }
+        let tmp = private_tmp();
+        let real = tmp.path().join("real");
+        std::fs::create_dir(&real).unwrap();
+        std::fs::write(real.join("aws.wasm"), b"plugin").unwrap();
+        let link = tmp.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        open_dir(&link, "plugin directory").unwrap();
+        lchown(&link, NOBODY);
+        let e = open_dir(&link, "plugin directory").unwrap_err().to_string();
+        assert!(
+            e.contains("symbolic link owned by uid 65534") && e.contains("refusing to follow"),
+            "{e}"
+        );
+        // Also as a plugin file's own name, and deeper down a path.
+        let file_link = real.join("linked.wasm");
+        std::os::unix::fs::symlink("aws.wasm", &file_link).unwrap();
+        lchown(&file_link, NOBODY);
+        let e = open_dir(&real, "plugin directory")
+            .unwrap()
+            .read(OsStr::new("linked.wasm"), "plugin", Links::FollowTrusted)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("owned by uid 65534"), "{e}");
+        std::fs::create_dir(real.join("sub")).unwrap();
+        let e = open_dir(&link.join("sub"), "plugin directory").unwrap_err().to_string();
+        assert!(e.contains("owned by uid 65534"), "{e}");
+    }
+
+    #[test]
+    fn writes_never_follow_a_planted_link() {
+        let tmp = private_tmp();
+        let cache = open_private_dir(&tmp.path().join("cache"), "cache").unwrap();
+        let victim = tmp.path().join("victim");
+        std::fs::write(&victim, b"keep").unwrap();
+        // Even at the final name: the rename replaces the link, not its target.
+        std::os::unix::fs::symlink(&victim, tmp.path().join("cache/e.cwasm")).unwrap();
+        cache.write_private("e.cwasm", b"new").unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
+        assert_eq!(mode(&tmp.path().join("cache/e.cwasm")), 0o600);
+        assert!(cache.write_private("../escape", b"x").is_err());
     }
 }

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use crate::config::FileConfig;
-use crate::db::PoolSettings;
+use crate::db::{DatabaseKind, PoolSettings};
 use crate::pins::PluginPins;
 use crate::sandbox::Sandbox;
 
@@ -17,14 +17,54 @@ pub struct Settings {
     /// Plugin directory.
     pub plugins: PathBuf,
     /// Compiled-plugin cache directory.
-    pub cache_dir: PathBuf,
+    pub cache_dir: CacheDir,
     /// Database URL, if any.
     pub database_url: Option<String>,
     /// Read-only database URL for resolutions, if any.
     pub database_read_url: Option<String>,
+    /// Which kind of database `database_url` is.
+    pub database_kind: DatabaseKind,
+}
+
+/// Where compiled plugins are cached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CacheDir {
+    /// `--cache-dir` / `cache_dir`: must be trusted, or idgate does not start.
+    Configured(PathBuf),
+    /// The default under the home directory: used if it is (or can be made)
+    /// trusted, else plugins are compiled in memory, with a warning.
+    Default(PathBuf),
+    /// No usable home directory and nothing configured: compile in memory.
+    None,
 }
 
 impl Settings {
+    /// The cache directory to load plugins with, if any (see [`CacheDir`]).
+    pub fn cache_dir(&self) -> Option<PathBuf> {
+        match &self.cache_dir {
+            CacheDir::Configured(dir) => Some(dir.clone()),
+            CacheDir::Default(dir) => match crate::file_trust::open_private_dir(dir, "compiled-plugin cache directory")
+            {
+                Ok(_) => Some(dir.clone()),
+                Err(e) => {
+                    tracing::warn!(
+                        error = %format!("{e:#}"),
+                        "the default compiled-plugin cache is not usable: compiling plugins in memory at every start \
+                         (set --cache-dir to a directory only idgate's user can write)"
+                    );
+                    None
+                }
+            },
+            CacheDir::None => {
+                tracing::warn!(
+                    "no usable home directory for the compiled-plugin cache: compiling plugins in memory at every start \
+                     (set --cache-dir to a directory only idgate's user can write)"
+                );
+                None
+            }
+        }
+    }
+
     /// The database pool settings from `[limits]`.
     pub fn pool_settings(&self) -> PoolSettings {
         let limits = self.file.host.limits;
@@ -36,6 +76,7 @@ impl Settings {
                 .map_or(d.acquire_timeout, std::time::Duration::from_millis),
             // Only `serve` keeps its pool warm; one-shot commands open what they use.
             keep_warm: false,
+            kind: self.database_kind,
         }
     }
 
@@ -50,7 +91,7 @@ impl Settings {
         let pins = self.pins()?;
         let sandbox = Sandbox::load_pinned(
             &self.plugins,
-            Some(&self.cache_dir),
+            self.cache_dir().as_deref(),
             self.file.host.sandbox.limits(),
             &pins,
         )?;

@@ -142,7 +142,7 @@ async fn postgres_frozen_then_killed_under_load_is_503_then_recovers() {
     let settings = PoolSettings {
         max_connections: 8,
         acquire_timeout: Duration::from_millis(500),
-        keep_warm: false,
+        ..PoolSettings::default()
     };
     let db = Db::open_with(cluster.connect_options("postgres"), settings)
         .await

@@ -488,6 +488,7 @@ struct Served {
     status: u16,
     body: String,
     cache_control: Option<String>,
+    location: Option<String>,
 }
 
 /// A minimal HTTP/1.1 server on 127.0.0.1 that counts requests.
@@ -500,12 +501,18 @@ struct JwksServer {
 
 impl JwksServer {
     async fn start(body: &Value, cache_control: Option<&str>) -> JwksServer {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on("127.0.0.1:0", body, cache_control).await
+    }
+
+    /// The same on another loopback address (`127.0.0.2:0`, say).
+    async fn start_on(bind: &str, body: &Value, cache_control: Option<&str>) -> JwksServer {
+        let listener = tokio::net::TcpListener::bind(bind).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let served = Arc::new(Mutex::new(Served {
             status: 200,
             body: body.to_string(),
             cache_control: cache_control.map(str::to_string),
+            location: None,
         }));
         let hits = Arc::new(AtomicUsize::new(0));
         let task = tokio::spawn({
@@ -544,6 +551,14 @@ impl JwksServer {
         s.body = body.to_string();
     }
 
+    /// Answers `status` with a `Location` header pointing at `to`.
+    fn redirect(&self, status: u16, to: &str) {
+        let mut s = self.served.lock().unwrap();
+        s.status = status;
+        s.body = "{}".into();
+        s.location = Some(to.to_string());
+    }
+
     fn cache(&self, url_extra: Value) -> KeyCache {
         KeyCache::from_config(&with(json!({ "jwks_url": self.url() }), url_extra)).unwrap()
     }
@@ -576,8 +591,13 @@ async fn answer(stream: tokio::net::TcpStream, served: &Mutex<Served>, hits: &At
             .as_ref()
             .map(|c| format!("Cache-Control: {c}\r\n"))
             .unwrap_or_default();
+        let location = s
+            .location
+            .as_ref()
+            .map(|l| format!("Location: {l}\r\n"))
+            .unwrap_or_default();
         format!(
-            "HTTP/1.1 {} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{cache}Connection: close\r\n\r\n{}",
+            "HTTP/1.1 {} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{cache}{location}Connection: close\r\n\r\n{}",
             s.status,
             s.body.len(),
             s.body
@@ -720,6 +740,36 @@ async fn jwks_server_down_is_keys_unavailable() {
     assert!(server.cache(json!({})).key_set().await.is_err());
     server.serve(200, &json!({"keys": []}));
     assert!(server.cache(json!({})).key_set().await.is_err());
+}
+
+/// A loopback key-set URL that redirects to another host is refused, and
+/// nothing is fetched from where it points: the target is a second loopback
+/// server on another address, counting its requests, so the test never leaves
+/// the machine even if a redirect were followed.
+#[tokio::test]
+async fn a_redirect_is_refused_never_followed() {
+    let elsewhere = JwksServer::start_on("127.0.0.2:0", &test_keys().a.jwks(), None).await;
+    let server = JwksServer::start(&test_keys().a.jwks(), None).await;
+    // `localhost` goes through the host's own resolver, which yields only
+    // loopback addresses; a good answer from it is served.
+    let by_name = KeyCache::from_config(&json!({
+        "jwks_url": format!("http://localhost:{}/oauth2/v3/certs", server.addr.port())
+    }))
+    .unwrap();
+    assert_eq!(kids(&by_name.key_set().await.unwrap()), ["test-key-a"]);
+
+    for status in [301, 302, 303, 307, 308] {
+        server.redirect(status, &elsewhere.url());
+        let err = server.cache(json!({})).key_set().await.unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("HTTP {status}"))
+                && err.contains("follow no redirects")
+                && err.contains(&elsewhere.url()),
+            "{err}"
+        );
+    }
+    assert_eq!(elsewhere.hits(), 0, "a redirect was followed");
+    assert_eq!(server.hits(), 6);
 }
 
 #[tokio::test]

@@ -5,6 +5,7 @@ mod aws;
 mod azure;
 mod azure_trust;
 mod coder_bodies;
+mod db_kind;
 mod faults;
 mod gcp;
 mod http;

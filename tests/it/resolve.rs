@@ -872,15 +872,20 @@ async fn embedded_cluster_lifecycle() {
     assert!(!idgate::db::embedded::is_running(&dir));
 }
 
-/// A Coder database (Coder's tables, no idgate migration history) is used as
-/// it is: not migrated, and the registration commands refuse to write to it.
+/// A Coder database (Coder's tables and Coder's golang-migrate history, no
+/// idgate migration history) is used as it is: not migrated, and the
+/// registration commands refuse to write to it. (`db_kind.rs` has the rest.)
 #[tokio::test]
 async fn coder_database_is_read_not_migrated() {
     let db = fresh_database().await;
-    sqlx::raw_sql("DROP TABLE _sqlx_migrations")
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    sqlx::raw_sql(
+        "DROP TABLE _sqlx_migrations; \
+         CREATE TABLE schema_migrations (version bigint NOT NULL PRIMARY KEY, dirty boolean NOT NULL); \
+         INSERT INTO schema_migrations VALUES (300, false)",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
     let iid = instance_id();
     agent_on_job_build(&db.pool, &iid).await;
     let opened = idgate::db::Db::open(Some(&db.url), Default::default()).await.unwrap();

@@ -224,7 +224,7 @@ pub async fn fresh_database() -> TestDb {
     let settings = PoolSettings {
         max_connections: 4,
         acquire_timeout: Duration::from_secs(10),
-        keep_warm: false,
+        ..PoolSettings::default()
     };
     let db = Db::open_with(embedded::connect_options(&cluster().dir, &name), settings)
         .await
@@ -315,7 +315,7 @@ pub async fn counting_pool(db: &TestDb, max_connections: u32) -> (PgPool, Arc<Wi
     let settings = PoolSettings {
         max_connections,
         acquire_timeout: Duration::from_secs(10),
-        keep_warm: false,
+        ..PoolSettings::default()
     };
     let pool = pool::connect(embedded::connect_options(proxy_dir.path(), &db.name), settings)
         .await

@@ -12,10 +12,10 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::authenticate::{AuthError, Authenticator};
 use crate::config::{default_cache_dir, FileConfig};
-use crate::db::Db;
+use crate::db::{DatabaseKind, Db};
 use crate::request::{parse_body, BodyError};
 use crate::sandbox::{CallError, Sandbox};
-use crate::settings::Settings;
+use crate::settings::{CacheDir, Settings};
 
 /// idgate authenticates cloud workspace agents by their machine's instance identity.
 #[derive(Debug, Parser)]
@@ -36,7 +36,8 @@ pub struct GlobalArgs {
     /// Directory of plugin `.wasm` files [default: ~/.local/share/idgate/plugins].
     #[arg(long, global = true, env = "IDGATE_PLUGINS")]
     pub plugins: Option<PathBuf>,
-    /// Directory for compiled plugins [default: ~/.cache/idgate].
+    /// Directory for compiled plugins [default: ~/.cache/idgate; without a
+    /// usable home, none: plugins are compiled in memory].
     #[arg(long, global = true, env = "IDGATE_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
     /// PostgreSQL URL; without one idgate runs its own embedded cluster.
@@ -46,6 +47,11 @@ pub struct GlobalArgs {
     /// registration and migrations stay on `--database-url`.
     #[arg(long, global = true, env = "IDGATE_DATABASE_READ_URL")]
     pub database_read_url: Option<String>,
+    /// Which kind of database --database-url is: `idgate` (idgate's own,
+    /// migrated), `coder` (a Coder database, only read) or `auto` (recognised
+    /// by its migration history) [default: auto].
+    #[arg(long, global = true, env = "IDGATE_DATABASE_KIND", value_enum)]
+    pub database_kind: Option<DatabaseKind>,
 }
 
 /// The commands.
@@ -130,22 +136,23 @@ fn resolve_settings(global: &GlobalArgs) -> anyhow::Result<Settings> {
         .clone()
         .or_else(|| file.host.plugins.clone())
         .unwrap_or_else(default_plugin_dir);
-    let cache_dir = global
-        .cache_dir
-        .clone()
-        .or_else(|| file.host.cache_dir.clone())
-        .unwrap_or_else(default_cache_dir);
+    let cache_dir = match global.cache_dir.clone().or_else(|| file.host.cache_dir.clone()) {
+        Some(dir) => CacheDir::Configured(dir),
+        None => default_cache_dir().map_or(CacheDir::None, CacheDir::Default),
+    };
     let database_url = global.database_url.clone().or_else(|| file.host.database_url.clone());
     let database_read_url = global
         .database_read_url
         .clone()
         .or_else(|| file.host.database_read_url.clone());
+    let database_kind = global.database_kind.or(file.host.database_kind).unwrap_or_default();
     Ok(Settings {
         file,
         plugins,
         cache_dir,
         database_url,
         database_read_url,
+        database_kind,
     })
 }
 
@@ -194,7 +201,7 @@ fn list_plugins(settings: &Settings, args: &PluginsArgs) -> anyhow::Result<ExitC
     let pins = settings.pins()?;
     let sandbox = Sandbox::load(
         &settings.plugins,
-        Some(&settings.cache_dir),
+        settings.cache_dir().as_deref(),
         settings.file.host.sandbox.limits(),
     )?;
     for p in sandbox.plugins() {

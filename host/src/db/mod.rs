@@ -3,6 +3,7 @@
 //! embedded cluster used when no database URL is configured.
 
 pub mod embedded;
+pub mod kind;
 pub mod plan;
 pub mod pool;
 pub mod registry;
@@ -14,6 +15,7 @@ use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection, Executor, PgConnection, PgPool};
 
 use embedded::EmbeddedCluster;
+pub use kind::DatabaseKind;
 pub use pool::PoolSettings;
 
 /// idgate's schema migrations (`host/migrations`).
@@ -36,10 +38,15 @@ pub struct Db {
 impl Db {
     /// Opens the database at `url`, or with `None` idgate's embedded cluster
     /// (started if needed; stopped by [`Db::close`] if started here). Runs the
-    /// migrations, except on a database that already has Coder's tables without
-    /// idgate's migration history: that one is a Coder database, only read.
+    /// migrations, except on a Coder database ([`PoolSettings::kind`], or
+    /// recognised by its migration history: see [`kind`]), which is only read.
     pub async fn open(url: Option<&str>, settings: PoolSettings) -> anyhow::Result<Db> {
         let Some(url) = url else {
+            anyhow::ensure!(
+                settings.kind != DatabaseKind::Coder,
+                "database_kind = \"coder\" needs the Coder database's URL (database_url); \
+                 the embedded cluster is always idgate's own"
+            );
             let dir = embedded::default_cluster_dir();
             let cluster = tokio::task::spawn_blocking(move || EmbeddedCluster::start(&dir)).await??;
             let opened = async {
@@ -66,7 +73,9 @@ impl Db {
 
     /// Opens the database at `options` (no embedded cluster).
     pub async fn open_with(options: PgConnectOptions, settings: PoolSettings) -> anyhow::Result<Db> {
-        let managed = prepare_schema(&options).await?;
+        let managed = prepare_schema(&options, settings.kind).await?;
+        // A Coder database's sessions refuse writes, whatever is run on them.
+        let options = if managed { options } else { kind::read_only(options) };
         let pool = pool::connect(options, settings)
             .await
             .context("connecting to PostgreSQL (and preparing the resolution statement)")?;
@@ -87,6 +96,8 @@ impl Db {
         let options: PgConnectOptions = url
             .parse()
             .context("the read-only database URL is not a PostgreSQL URL (postgres://user@host/db)")?;
+        // Only the resolution runs there: every session is read-only.
+        let options = kind::read_only(options);
         // The pool retries a failing connection set-up until its acquire
         // timeout and then reports only that; one plain connection first
         // gives the real reason (unreachable, no such database, no tables).
@@ -121,8 +132,8 @@ impl Db {
     pub fn require_managed(&self, what: &str) -> anyhow::Result<()> {
         anyhow::ensure!(
             self.managed,
-            "{what}: this database has Coder's tables but not idgate's migrations, so it is a Coder \
-             database; idgate only reads it (manage agents with Coder itself)"
+            "{what}: this is a Coder database (database_kind, or Coder's migration history), which \
+             idgate only reads; manage agents with Coder itself"
         );
         Ok(())
     }
@@ -162,23 +173,31 @@ pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
     MIGRATOR.run(pool).await
 }
 
-/// Migrates the database unless it is a Coder database; returns whether idgate
-/// owns the schema.
-async fn prepare_schema(options: &PgConnectOptions) -> anyhow::Result<bool> {
-    let mut conn = options.connect().await.context("connecting to PostgreSQL")?;
-    let (agents, history): (bool, bool) = sqlx::query_as(
-        "SELECT to_regclass('workspace_agents') IS NOT NULL, to_regclass('_sqlx_migrations') IS NOT NULL",
-    )
-    .fetch_one(&mut conn)
-    .await?;
-    let managed = !agents || history;
-    if managed {
-        MIGRATOR.run(&mut conn).await.context("migrating the database")?;
-    } else {
-        tracing::info!("the database has Coder's tables and no idgate migrations: using it read-only, unmigrated");
+/// Migrates the database unless it is a Coder database (by `kind`, or
+/// recognised: see [`kind`]); returns whether idgate owns the schema.
+async fn prepare_schema(options: &PgConnectOptions, kind: DatabaseKind) -> anyhow::Result<bool> {
+    let shape = kind::shape(options).await?;
+    if kind::is_coder(kind, &shape)? {
+        let (version, dirty) = shape.coder_history.flatten().unzip();
+        if dirty == Some(true) {
+            tracing::warn!(
+                version,
+                "Coder's schema_migrations is marked dirty (a Coder migration failed or is running); \
+                 reading it anyway"
+            );
+        }
+        tracing::info!(
+            %kind,
+            coder_schema_version = version,
+            stray_sqlx_migrations = shape.sqlx_history,
+            "a Coder database: using it read-only, never migrated"
+        );
+        return Ok(false);
     }
+    let mut conn = options.connect().await.context("connecting to PostgreSQL")?;
+    MIGRATOR.run(&mut conn).await.context("migrating the database")?;
     conn.close().await?;
-    Ok(managed)
+    Ok(true)
 }
 
 /// Whether no other process is connected to the cluster. Connections of this

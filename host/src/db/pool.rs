@@ -24,10 +24,12 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Executor, PgPool};
 
+use crate::db::kind::DatabaseKind;
 use crate::db::plan::SESSION_SETTING;
 use crate::db::resolve::RESOLVE_SQL;
 
-/// Pool sizing and the wait for a free connection.
+/// Pool sizing and the wait for a free connection, and which kind of database
+/// the pool opens.
 #[derive(Debug, Clone, Copy)]
 pub struct PoolSettings {
     /// Most connections open at once.
@@ -38,6 +40,10 @@ pub struct PoolSettings {
     /// Open every connection when the pool is created, and keep them open
     /// while idle. `idgate serve` sets it; see [`connect`].
     pub keep_warm: bool,
+    /// The operator's `database_kind`: whether [`crate::db::Db::open`] may
+    /// migrate and write (carried here so every command that opens the
+    /// database honours it).
+    pub kind: DatabaseKind,
 }
 
 impl Default for PoolSettings {
@@ -46,6 +52,7 @@ impl Default for PoolSettings {
             max_connections: 10,
             acquire_timeout: Duration::from_secs(2),
             keep_warm: false,
+            kind: DatabaseKind::Auto,
         }
     }
 }

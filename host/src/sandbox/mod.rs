@@ -20,13 +20,15 @@
 //! - Compiled code is cached on disk: a plugin by the content hash of its
 //!   `.wasm` and the engine's compatibility hash, a configured snapshot by those
 //!   and the hash of the configuration.
+//! - Everything compiled or deserialized was read from a descriptor that was
+//!   checked (`cache.rs`, [`crate::file_trust`]), never from a path reopened.
 
+mod cache;
 mod contract;
 mod snapshot;
 mod versions;
 
 use std::collections::BTreeMap;
-use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -36,8 +38,8 @@ use idgate_plugin_kit::{Identity, VerifyError};
 use wasmtime::component::{Component, HasSelf, InstancePre, Linker};
 use wasmtime::{Config, Engine, Store, Trap};
 
-use crate::file_trust;
 use crate::pins::PluginPins;
+use cache::{Cache, PluginDir};
 use contract::since_v0_1_0;
 pub use contract::SUPPORTED_CONTRACTS;
 use versions::Configurable;
@@ -261,7 +263,7 @@ pub struct Sandbox {
     engine: Engine,
     plugins: BTreeMap<String, Plugin>,
     limits: Limits,
-    cache_dir: Option<PathBuf>,
+    cache: Option<Cache>,
     permits: Arc<tokio::sync::Semaphore>,
     _ticker: Ticker,
 }
@@ -332,7 +334,7 @@ impl Sandbox {
     /// Loads every `*.wasm` in `dir`. With `cache_dir`, compiled artifacts are
     /// reused across restarts. Fails, naming the file, if any plugin cannot be
     /// loaded, speaks an unsupported contract, or duplicates a provider; if a
-    /// directory or file is not trusted ([`file_trust`]); and, with any pin
+    /// directory or file is not trusted ([`crate::file_trust`]); and, with any pin
     /// configured, if a plugin's SHA-256 is not the one pinned for its provider.
     /// Plugins are configured afterwards, with [`Sandbox::configure`].
     pub fn load_pinned(
@@ -341,35 +343,29 @@ impl Sandbox {
         limits: Limits,
         pins: &PluginPins,
     ) -> anyhow::Result<Sandbox> {
-        file_trust::check_dir(dir, "plugin directory")?;
+        let plugin_dir = PluginDir::open(dir)?;
         let engine = new_engine(&limits)?;
-        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-            .with_context(|| format!("reading plugin directory {}", dir.display()))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "wasm") && p.is_file())
-            .collect();
-        files.sort();
-        if let Some(cache) = cache_dir {
-            file_trust::create_private_dir(cache)?;
-            file_trust::check_dir(cache, "compiled-plugin cache directory")?;
-        }
+        let names = plugin_dir.wasm_names()?;
+        let cache = cache_dir.map(|c| Cache::open(c, &engine)).transpose()?;
         let mut sandbox = Sandbox {
             plugins: BTreeMap::new(),
             limits,
-            cache_dir: cache_dir.map(Path::to_path_buf),
+            cache,
             permits: Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent.max(1))),
             _ticker: Ticker::start(engine.clone()),
             engine,
         };
-        for path in files {
-            let plugin = sandbox
-                .load_one(&path, cache_dir, pins)
-                .with_context(|| format!("loading plugin {}", path.display()))?;
+        for name in names {
+            let shown = dir.join(&name);
+            let plugin = plugin_dir
+                .read(&name)
+                .and_then(|(path, bytes)| sandbox.load_one(&path, bytes, pins))
+                .with_context(|| format!("loading plugin {}", shown.display()))?;
             if let Some(other) = sandbox.plugins.get(&plugin.info.provider) {
                 bail!(
                     "plugins {} and {} both serve provider {:?}",
                     other.info.path.display(),
-                    path.display(),
+                    shown.display(),
                     plugin.info.provider
                 );
             }
@@ -378,13 +374,11 @@ impl Sandbox {
         Ok(sandbox)
     }
 
-    fn load_one(&self, path: &Path, cache_dir: Option<&Path>, pins: &PluginPins) -> anyhow::Result<Plugin> {
-        file_trust::check_file(path, "plugin")?;
-        let bytes = std::fs::read(path)?;
+    /// Loads one plugin from `bytes`, read from the checked descriptor of `path`.
+    fn load_one(&self, path: &Path, bytes: Vec<u8>, pins: &PluginPins) -> anyhow::Result<Plugin> {
         let sha256 = hex(ring::digest::digest(&ring::digest::SHA256, &bytes).as_ref());
         pins.check_file(path, &sha256)?;
-        let (component, cached) = self.compile_cached(&bytes, &sha256, cache_dir)?;
-
+        let (component, cached) = self.compile_cached(&bytes, &sha256)?;
         // The contract is recognised by the exports: try the newest first.
         let pre = self.instance_pre(&component)?;
         let (linked, info, expected) = if let Some(configurable) = Configurable::link(&pre) {
@@ -452,62 +446,19 @@ impl Sandbox {
         Ok(linker.instantiate_pre(component)?)
     }
 
-    fn compile_cached(
-        &self,
-        bytes: &[u8],
-        sha256: &str,
-        cache_dir: Option<&Path>,
-    ) -> anyhow::Result<(Component, bool)> {
-        let Some(cache_dir) = cache_dir else {
+    /// The component compiled from `bytes` (whose SHA-256 is `sha256`): from the
+    /// cache when it holds a trusted entry, else compiled now and cached.
+    fn compile_cached(&self, bytes: &[u8], sha256: &str) -> anyhow::Result<(Component, bool)> {
+        let Some(cache) = &self.cache else {
             return Ok((Component::new(&self.engine, bytes)?, false));
         };
-        let file = cache_dir.join(format!("{sha256}-{:016x}.cwasm", self.engine_hash()));
-        if let Some(component) = self.cached_component(&file) {
+        let entry = cache.component_entry(sha256);
+        if let Some(component) = cache.load(&self.engine, &entry) {
             return Ok((component, true));
         }
         let component = Component::new(&self.engine, bytes)?;
-        self.store_cached(&component, &file);
+        cache.store(&component, &entry);
         Ok((component, false))
-    }
-
-    /// The engine's compatibility hash: compiled code is only reused by an
-    /// engine that would have produced it.
-    fn engine_hash(&self) -> u64 {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        self.engine.precompile_compatibility_hash().hash(&mut h);
-        h.finish()
-    }
-
-    fn cached_component(&self, file: &Path) -> Option<Component> {
-        if !file.is_file() {
-            return None;
-        }
-        if let Err(e) = file_trust::check_file(file, "compiled-plugin cache entry") {
-            tracing::warn!(error = %format!("{e:#}"), "ignoring untrusted compiled-plugin cache entry; recompiling");
-            return None;
-        }
-        // SAFETY: deserializing runs the entry's native code. It is trusted because
-        // only idgate's user (or root) can have written it: the file and every
-        // directory above it passed the ownership and mode check just now. Its name
-        // binds it to the source's content hash (and configuration) and the engine's
-        // compatibility hash; wasmtime checks the header and version before use.
-        match unsafe { Component::deserialize_file(&self.engine, file) } {
-            Ok(c) => Some(c),
-            Err(e) => {
-                tracing::warn!(file = %file.display(), error = %e, "ignoring unusable compiled-plugin cache entry");
-                None
-            }
-        }
-    }
-
-    fn store_cached(&self, component: &Component, file: &Path) {
-        if let Err(e) = component
-            .serialize()
-            .map_err(anyhow::Error::from)
-            .and_then(|s| file_trust::write_private(file, &s))
-        {
-            tracing::warn!(file = %file.display(), error = %format!("{e:#}"), "could not write compiled-plugin cache entry");
-        }
     }
 
     /// Configures `provider`'s plugin with its provider block and returns the
@@ -560,20 +511,16 @@ impl Sandbox {
         config: &str,
     ) -> anyhow::Result<(Component, bool)> {
         let config_sha = hex(ring::digest::digest(&ring::digest::SHA256, config.as_bytes()).as_ref());
-        let file = self.cache_dir.as_ref().map(|dir| {
-            dir.join(format!(
-                "{}-configured-{}-{:016x}.cwasm",
-                plugin.info.sha256,
-                &config_sha[..32],
-                self.engine_hash()
-            ))
-        });
-        if let Some(component) = file.as_deref().and_then(|f| self.cached_component(f)) {
+        let entry = self
+            .cache
+            .as_ref()
+            .map(|cache| (cache, cache.configured_entry(&plugin.info.sha256, &config_sha)));
+        if let Some(component) = entry.as_ref().and_then(|(cache, name)| cache.load(&self.engine, name)) {
             return Ok((component, true));
         }
         let instrumented = snapshot::instrument(&plugin.wasm)?;
         let instrumented_sha = hex(ring::digest::digest(&ring::digest::SHA256, &instrumented.wasm).as_ref());
-        let (component, _) = self.compile_cached(&instrumented.wasm, &instrumented_sha, self.cache_dir.as_deref())?;
+        let (component, _) = self.compile_cached(&instrumented.wasm, &instrumented_sha)?;
         let pre = self.instance_pre(&component)?;
         let provider = plugin.info.provider.as_str();
         let mut store = self.new_store(&HostInputs::default());
@@ -588,8 +535,8 @@ impl Sandbox {
         }
         let configured = instrumented.snapshot(&mut store, instance)?;
         let component = Component::new(&self.engine, &configured)?;
-        if let Some(file) = &file {
-            self.store_cached(&component, file);
+        if let Some((cache, name)) = &entry {
+            cache.store(&component, name);
         }
         Ok((component, false))
     }

@@ -16,6 +16,10 @@
 //! was ever had, [`KeysUnavailable`] (HTTP 503, not 401: the credential may be
 //! fine).
 
+mod fetch;
+
+pub use fetch::{lifetime, parse_http_date};
+
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -40,15 +44,15 @@ pub const DEFAULT_MIN_REFRESH: Duration = Duration::from_secs(60);
 pub const DEFAULT_STALE_GRACE: Duration = Duration::from_secs(3600);
 
 /// One fetch's time limit (connect, headers and body).
-const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest JWKS accepted; Google's is about 2 KiB.
-const MAX_JWKS_BYTES: usize = 256 * 1024;
+pub(crate) const MAX_JWKS_BYTES: usize = 256 * 1024;
 /// Lifetime of a response without cache headers, and of a file's contents.
-const DEFAULT_TTL: Duration = Duration::from_secs(300);
+pub(crate) const DEFAULT_TTL: Duration = Duration::from_secs(300);
 /// Bounds on a lifetime taken from the headers: at least a second so a
 /// `no-cache` server is not fetched for every request; at most a day.
-const MIN_TTL: Duration = Duration::from_secs(1);
-const MAX_TTL: Duration = Duration::from_secs(86_400);
+pub(crate) const MIN_TTL: Duration = Duration::from_secs(1);
+pub(crate) const MAX_TTL: Duration = Duration::from_secs(86_400);
 /// After a failed fetch, callers get the stale set (or the error) without a new
 /// attempt for this long, so a dead server does not add 5 s to every request.
 const FAILURE_BACKOFF: Duration = Duration::from_secs(5);
@@ -81,7 +85,7 @@ impl std::fmt::Display for Source {
 }
 
 /// One good key set and its lifetime.
-struct Cached {
+pub(crate) struct Cached {
     keys: Value,
     /// Start refreshing from here (shortly before expiry).
     refresh_at: Instant,
@@ -142,13 +146,7 @@ impl KeyCache {
                     bail!("[{mount}] names no key source: set jwks_url or jwks_file");
                 };
                 let url = reqwest::Url::parse(url).with_context(|| format!("[{mount}] jwks_url {url:?}"))?;
-                check_scheme(&url)?;
-                let client = reqwest::Client::builder()
-                    .timeout(FETCH_TIMEOUT)
-                    .connect_timeout(FETCH_TIMEOUT)
-                    .user_agent(concat!("idgate/", env!("CARGO_PKG_VERSION")))
-                    .build()
-                    .context("building the HTTP client for Google's keys")?;
+                let client = fetch::client(&url)?;
                 Source::Url { url, client }
             }
         };
@@ -259,24 +257,8 @@ impl KeyCache {
     async fn fetch_now(&self) -> Result<Cached, String> {
         match &self.source {
             Source::File(path) => read_file(path),
-            Source::Url { url, client } => fetch_url(client, url).await,
+            Source::Url { url, client } => fetch::fetch(client, url).await,
         }
-    }
-}
-
-/// Keys over plain HTTP could be swapped in transit; allow it only on loopback.
-fn check_scheme(url: &reqwest::Url) -> anyhow::Result<()> {
-    let host = url.host_str().unwrap_or("");
-    let loopback = host == "localhost"
-        || host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback());
-    match url.scheme() {
-        "https" => Ok(()),
-        "http" if loopback => Ok(()),
-        scheme => bail!("[gcp] jwks_url {url}: scheme {scheme} refused; use https (plain http only on loopback)"),
     }
 }
 
@@ -290,47 +272,9 @@ fn read_file(path: &std::path::Path) -> Result<Cached, String> {
     Ok(cached_for(keys, DEFAULT_TTL))
 }
 
-async fn fetch_url(client: &reqwest::Client, url: &reqwest::Url) -> Result<Cached, String> {
-    use reqwest::header::{AGE, CACHE_CONTROL, DATE, EXPIRES};
-
-    let mut response = client
-        .get(url.clone())
-        .send()
-        .await
-        .map_err(|e| format!("GET {url}: {e}"))?;
-    if !response.status().is_success() {
-        return Err(format!("GET {url}: HTTP {}", response.status()));
-    }
-    if response.content_length().is_some_and(|n| n > MAX_JWKS_BYTES as u64) {
-        return Err(format!("GET {url}: body over {MAX_JWKS_BYTES} bytes"));
-    }
-    let headers = response.headers();
-    let joined = |name| {
-        let values: Vec<&str> = headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect();
-        (!values.is_empty()).then(|| values.join(", "))
-    };
-    let ttl = lifetime(
-        joined(CACHE_CONTROL).as_deref(),
-        joined(EXPIRES).as_deref(),
-        joined(DATE).as_deref(),
-        joined(AGE).as_deref(),
-        crate::clock::unix_now(),
-    );
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(|e| format!("GET {url}: {e}"))? {
-        if body.len() + chunk.len() > MAX_JWKS_BYTES {
-            return Err(format!("GET {url}: body over {MAX_JWKS_BYTES} bytes"));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    let value: Value = serde_json::from_slice(&body).map_err(|e| format!("GET {url}: not JSON: {e}"))?;
-    let keys = normalize(value).map_err(|e| format!("GET {url}: {e}"))?;
-    Ok(cached_for(keys, ttl.unwrap_or(DEFAULT_TTL).clamp(MIN_TTL, MAX_TTL)))
-}
-
 /// A set good for `ttl`, refreshed a little before: a tenth of the lifetime,
 /// at most a minute.
-fn cached_for(keys: Value, ttl: Duration) -> Cached {
+pub(crate) fn cached_for(keys: Value, ttl: Duration) -> Cached {
     let now = Instant::now();
     let margin = (ttl / 10).min(Duration::from_secs(60));
     Cached {
@@ -360,136 +304,10 @@ pub fn normalize(value: Value) -> Result<Value, String> {
     Ok(serde_json::json!({ "keys": keys }))
 }
 
-/// How long a response may be used, from its headers (RFC 9111): `no-store` or
-/// `no-cache` → zero; `max-age` minus `Age`; else `Expires` minus `Date` (or
-/// minus `now_unix`); else `None`.
-pub fn lifetime(
-    cache_control: Option<&str>,
-    expires: Option<&str>,
-    date: Option<&str>,
-    age: Option<&str>,
-    now_unix: i64,
-) -> Option<Duration> {
-    let mut max_age = None;
-    for directive in cache_control.unwrap_or("").split(',') {
-        let (name, value) = match directive.split_once('=') {
-            Some((n, v)) => (n.trim(), Some(v.trim().trim_matches('"'))),
-            None => (directive.trim(), None),
-        };
-        if name.eq_ignore_ascii_case("no-store") || name.eq_ignore_ascii_case("no-cache") {
-            return Some(Duration::ZERO);
-        }
-        if name.eq_ignore_ascii_case("max-age") {
-            // An unparsable max-age makes the response stale (RFC 9111 4.2.1).
-            let secs = value.and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-            max_age.get_or_insert(secs);
-        }
-    }
-    if let Some(max_age) = max_age {
-        let age = age.and_then(|a| a.trim().parse::<u64>().ok()).unwrap_or(0);
-        return Some(Duration::from_secs(max_age.saturating_sub(age)));
-    }
-    let expires = expires?;
-    // An invalid Expires (often "0" or "-1") means already expired.
-    let Some(expires) = parse_http_date(expires) else {
-        return Some(Duration::ZERO);
-    };
-    let base = date.and_then(parse_http_date).unwrap_or(now_unix);
-    Some(Duration::from_secs(expires.saturating_sub(base).max(0) as u64))
-}
-
-/// Parses an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`), the only form HTTP
-/// senders may generate, to Unix seconds.
-pub fn parse_http_date(text: &str) -> Option<i64> {
-    let parts: Vec<&str> = text.split_ascii_whitespace().collect();
-    let [weekday, day, month, year, time, "GMT"] = parts.as_slice() else {
-        return None;
-    };
-    if !weekday.ends_with(',') {
-        return None;
-    }
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let month = MONTHS.iter().position(|m| m == month)? as u32 + 1;
-    let number = |s: &str, len: usize| -> Option<u32> {
-        (s.len() == len && s.bytes().all(|b| b.is_ascii_digit())).then(|| s.parse().ok())?
-    };
-    let mut hms = time.split(':');
-    let (h, m, s) = (hms.next()?, hms.next()?, hms.next()?);
-    if hms.next().is_some() {
-        return None;
-    }
-    idgate_plugin_kit::time::unix_from_parts(
-        number(year, 4)? as i64,
-        month,
-        number(day, 2)?,
-        number(h, 2)?,
-        number(m, 2)?,
-        number(s, 2)?,
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
-
-    const NOW: i64 = 1_700_000_000;
-
-    #[test]
-    fn max_age_wins_and_age_is_subtracted() {
-        let secs = |cc, age| lifetime(Some(cc), Some("Thu, 01 Jan 2099 00:00:00 GMT"), None, age, NOW);
-        // Google's header.
-        assert_eq!(
-            secs("public, max-age=19809, must-revalidate, no-transform", None),
-            Some(Duration::from_secs(19809))
-        );
-        assert_eq!(secs("MAX-AGE=\"60\"", Some("15")), Some(Duration::from_secs(45)));
-        assert_eq!(secs("max-age=60", Some("600")), Some(Duration::ZERO));
-        assert_eq!(secs("max-age=abc", None), Some(Duration::ZERO));
-        assert_eq!(secs("max-age=60, no-cache", None), Some(Duration::ZERO));
-        assert_eq!(secs("no-store", None), Some(Duration::ZERO));
-        assert_eq!(secs("max-age=10, max-age=20", None), Some(Duration::from_secs(10)));
-    }
-
-    #[test]
-    fn expires_relative_to_date_or_now() {
-        let date = "Tue, 14 Nov 2023 22:13:20 GMT"; // = NOW
-        assert_eq!(parse_http_date(date), Some(NOW));
-        let expires = "Tue, 14 Nov 2023 23:13:20 GMT";
-        assert_eq!(
-            lifetime(None, Some(expires), Some(date), None, 0),
-            Some(Duration::from_secs(3600))
-        );
-        assert_eq!(
-            lifetime(Some("public"), Some(expires), None, None, NOW),
-            Some(Duration::from_secs(3600))
-        );
-        assert_eq!(
-            lifetime(None, Some(expires), None, None, NOW + 7200),
-            Some(Duration::ZERO)
-        );
-        assert_eq!(lifetime(None, Some("0"), None, None, NOW), Some(Duration::ZERO));
-        assert_eq!(lifetime(Some("public"), None, Some(date), None, NOW), None);
-        assert_eq!(lifetime(None, None, None, None, NOW), None);
-    }
-
-    #[test]
-    fn http_dates() {
-        assert_eq!(parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT"), Some(784_111_777));
-        for bad in [
-            "Sunday, 06-Nov-94 08:49:37 GMT",
-            "Sun Nov  6 08:49:37 1994",
-            "Sun, 06 Nov 1994 08:49:37 UTC",
-            "Sun, 31 Feb 1994 08:49:37 GMT",
-            "Sun, 06 Nov 1994 8:49:37 GMT",
-            "Sun, 06 Nov 1994 08:49 GMT",
-            "",
-        ] {
-            assert_eq!(parse_http_date(bad), None, "{bad}");
-        }
-    }
 
     #[test]
     fn normalizes_sets_and_single_keys() {
