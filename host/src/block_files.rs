@@ -3,6 +3,7 @@
 //! "PATH"` in any provider block is handed to the plugin as `K` holding the
 //! file's text. The plugin, which has no filesystem, sees only the text; the
 //! configured snapshot is keyed by it, so a changed file means a new snapshot.
+//! Such a file decides trust, so it is checked as plugins are (`file_trust`).
 
 use std::path::Path;
 
@@ -39,21 +40,22 @@ pub fn resolve(provider: &str, mut block: Value) -> anyhow::Result<Value> {
     Ok(block)
 }
 
+/// The file's text, read from the descriptor that was checked: a file that
+/// decides trust (a bundle of roots, say) must be one only idgate's user or
+/// root can change, below directories only they can change (`file_trust`).
 fn read_text(path: &Path) -> anyhow::Result<String> {
-    use std::io::Read;
-    let file = std::fs::File::open(path).context("opening")?;
-    let meta = file.metadata().context("reading its metadata")?;
-    if !meta.is_file() {
-        bail!("not a regular file");
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        bail!("not a file path");
+    };
+    let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+    let trusted = crate::file_trust::open_dir(dir, "provider-block file directory")?;
+    let bytes = trusted
+        .read(name, "provider-block file", crate::file_trust::Links::FollowTrusted)?
+        .ok_or_else(|| anyhow::anyhow!("no such file"))?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        bail!("{} bytes, more than the {MAX_FILE_BYTES} allowed", bytes.len());
     }
-    if meta.len() > MAX_FILE_BYTES {
-        bail!("{} bytes, more than the {MAX_FILE_BYTES} allowed", meta.len());
-    }
-    let mut text = String::new();
-    file.take(MAX_FILE_BYTES + 1)
-        .read_to_string(&mut text)
-        .context("reading it as UTF-8 text")?;
-    Ok(text)
+    String::from_utf8(bytes).context("reading it as UTF-8 text")
 }
 
 #[cfg(test)]
@@ -76,6 +78,17 @@ mod tests {
     }
 
     #[test]
+    fn a_file_others_may_write_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let bundle = dir.path().join("roots.pem");
+        std::fs::write(&bundle, "PEM").unwrap();
+        std::fs::set_permissions(&bundle, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let err = format!("{:#}", resolve("azure", json!({"roots_file": bundle.to_str().unwrap()})).unwrap_err());
+        assert!(err.contains("writable"), "{err}");
+    }
+
+    #[test]
     fn bad_file_keys_are_errors_naming_them() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("missing.pem");
@@ -83,7 +96,7 @@ mod tests {
             (json!({"roots_file": missing.to_str().unwrap()}), "roots_file"),
             (json!({"roots_file": 5}), "must be a file path"),
             (json!({"roots_file": "/x", "roots": "y"}), "both"),
-            (json!({"roots_file": dir.path().to_str().unwrap()}), "regular file"),
+            (json!({"roots_file": dir.path().to_str().unwrap()}), "roots_file"),
         ] {
             let err = format!("{:#}", resolve("azure", block).unwrap_err());
             assert!(err.contains(why), "{err}");
