@@ -3,6 +3,7 @@
 
 mod aws;
 mod azure;
+mod edge;
 mod faults;
 mod gcp;
 mod http;
@@ -10,3 +11,4 @@ mod plugin_trust;
 mod replicas;
 mod resolve;
 mod sandbox;
+mod tls;
