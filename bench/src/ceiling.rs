@@ -192,7 +192,7 @@ pub fn child(spec: &Path) -> anyhow::Result<()> {
         providers,
     };
     // What `idgate serve` logs: one audit line per attempt (stderr is /dev/null).
-    idgate::serve::init_logging(Some("json"));
+    idgate::logging::init(Some("json"));
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async {
         let sandbox = Arc::new(Sandbox::load(

@@ -45,6 +45,9 @@ pub struct HostConfig {
     /// HTTP and database limits.
     #[serde(default)]
     pub limits: ServeLimits,
+    /// `[tls]`: the certificate `idgate serve` terminates TLS with.
+    #[serde(default)]
+    pub tls: TlsConfig,
     /// `[plugin_sha256]`: provider → full hex SHA-256 of the only `.wasm` that may
     /// serve it. With any entry, unpinned or mismatching plugins are refused.
     #[serde(default)]
@@ -101,6 +104,28 @@ pub struct ServeLimits {
     pub db_max_connections: Option<u32>,
     /// How long a request waits for a pooled connection before 503, ms (default 2000).
     pub db_acquire_timeout_ms: Option<u64>,
+    /// How long a connection may take to deliver a request head (and, with TLS, to
+    /// finish the handshake), ms (default 10000).
+    pub header_timeout_ms: Option<u64>,
+    /// How long a keep-alive connection may wait for its next request, ms (default 30000).
+    pub idle_timeout_ms: Option<u64>,
+    /// Largest request head (request line and headers), bytes (default 16384).
+    pub max_head_bytes: Option<usize>,
+    /// Connections served at once (default: derived from the descriptor limit).
+    pub max_connections: Option<usize>,
+    /// How long SIGTERM/SIGINT waits for open connections before closing them, ms
+    /// (default: the request timeout).
+    pub shutdown_grace_ms: Option<u64>,
+}
+
+/// `[tls]`: PEM files `idgate serve` terminates TLS with; both or neither.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Certificate chain, leaf first (PEM).
+    pub cert_file: Option<PathBuf>,
+    /// The leaf's private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key_file: Option<PathBuf>,
 }
 
 const HOST_KEYS: &[&str] = &[
@@ -113,6 +138,7 @@ const HOST_KEYS: &[&str] = &[
     "log_format",
     "sandbox",
     "limits",
+    "tls",
     "plugin_sha256",
     "issuers",
     "trust_warning_days",
@@ -301,6 +327,20 @@ mod tests {
         let c = FileConfig::parse("[plugin_sha256]\naws = \"00ff\"\n").unwrap();
         assert_eq!(c.host.plugin_sha256["aws"], "00ff");
         assert!(c.providers.is_empty());
+    }
+
+    #[test]
+    fn edge_limits_and_tls_files() {
+        let env = [
+            ("IDGATE_LIMITS_HEADER_TIMEOUT_MS", "2000"),
+            ("IDGATE_TLS_CERT_FILE", "/etc/idgate/cert.pem"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()));
+        let c = FileConfig::load_with_env(None, env).unwrap();
+        assert_eq!(c.host.limits.header_timeout_ms, Some(2000));
+        assert_eq!(c.host.tls.cert_file.as_deref(), Some(Path::new("/etc/idgate/cert.pem")));
+        assert!(c.providers.is_empty(), "[tls] is a host table, not a provider block");
+        assert!(FileConfig::parse("[tls]\ncert = \"x\"").is_err());
     }
 
     #[test]

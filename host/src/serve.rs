@@ -1,5 +1,7 @@
-//! `idgate serve`: start-up (database, plugins, listener), logging, and
-//! graceful shutdown that drains requests and stops the embedded cluster.
+//! `idgate serve`: start-up (configuration, database, plugins, listener),
+//! logging, signals, and a shutdown that drains connections for at most the
+//! grace period and then stops the embedded cluster. The connections
+//! themselves are the edge's ([`crate::edge`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,6 +11,7 @@ use anyhow::Context;
 use crate::api::{router, ApiLimits, AppState};
 use crate::authenticate::Authenticator;
 use crate::db::{Db, PoolSettings};
+use crate::edge::EdgeLimits;
 use crate::metrics::Metrics;
 use crate::settings::Settings;
 
@@ -21,6 +24,24 @@ pub async fn serve(settings: &Settings, listen: Option<String>) -> anyhow::Resul
     let pool = PoolSettings {
         keep_warm: true,
         ..settings.pool_settings()
+    };
+    let api_limits = ApiLimits {
+        max_body_bytes: limits.max_body_bytes.unwrap_or(ApiLimits::default().max_body_bytes),
+        request_timeout: limits
+            .request_timeout_ms
+            .map_or(ApiLimits::default().request_timeout, Duration::from_millis),
+    };
+    // Checked before anything starts, so a bad setting costs no cluster start.
+    let pools = if settings.database_read_url.is_some() { 2 } else { 1 };
+    let edge_limits = EdgeLimits::from_config(
+        &limits,
+        api_limits.request_timeout,
+        crate::edge::descriptor_limit().context("reading the descriptor limit")?,
+        u64::from(pool.max_connections) * pools,
+    )?;
+    let tls = match settings.tls_files()? {
+        Some((cert, key)) => Some(crate::tls::acceptor(cert, key)?),
+        None => None,
     };
     let sandbox = Arc::new(settings.sandbox()?);
     let auth = Authenticator::new(sandbox.clone(), &settings.file)?;
@@ -39,12 +60,7 @@ pub async fn serve(settings: &Settings, listen: Option<String>) -> anyhow::Resul
         pool: db.resolution_pool().clone(),
         resolver: None,
         metrics: Metrics::default(),
-        limits: ApiLimits {
-            max_body_bytes: limits.max_body_bytes.unwrap_or(ApiLimits::default().max_body_bytes),
-            request_timeout: limits
-                .request_timeout_ms
-                .map_or(ApiLimits::default().request_timeout, Duration::from_millis),
-        },
+        limits: api_limits,
         configured: settings.file.providers.keys().cloned().collect(),
     });
     let addr = listen
@@ -54,20 +70,35 @@ pub async fn serve(settings: &Settings, listen: Option<String>) -> anyhow::Resul
     let local = listener.local_addr()?;
     tracing::info!(
         addr = %local,
+        tls = tls.is_some(),
         plugins = ?sandbox.plugins().iter().map(|p| p.provider.as_str()).collect::<Vec<_>>(),
         embedded_database = settings.database_url.is_none(),
         read_replica = settings.database_read_url.is_some(),
+        max_connections = edge_limits.max_connections,
+        header_timeout_ms = edge_limits.header_timeout.as_millis() as u64,
         "idgate is serving"
     );
+    if tls.is_none() && !local.ip().is_loopback() {
+        tracing::warn!(
+            addr = %local,
+            "serving plain HTTP beyond loopback: session tokens cross the network in clear \
+             unless TLS is terminated in front; configure [tls] to terminate it here"
+        );
+    }
     // Scripts and tests read the bound address (port 0 picks a free one).
-    let shutdown = shutdown_signal()?;
-    println!("idgate listening on http://{local}");
-    let served = axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await;
-    tracing::info!("shutting down");
+    let shutdown = shutdown_signal(edge_limits.shutdown_grace)?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    println!("idgate listening on {scheme}://{local}");
+    let stopped = crate::edge::serve(listener, router(state), edge_limits, tls, shutdown).await;
+    if stopped.cut > 0 {
+        tracing::warn!(
+            connections = stopped.cut,
+            "closed connections still open when the shutdown grace period ran out"
+        );
+    }
     db.close().await;
-    served.context("serving HTTP")
+    tracing::info!("stopped");
+    Ok(())
 }
 
 /// Connections the kernel may hold completed for `accept` (its `listen` backlog).
@@ -103,30 +134,33 @@ pub async fn bind(addr: &str) -> std::io::Result<tokio::net::TcpListener> {
 /// arrives before the server is polled (say, right after the address is printed)
 /// must still mean a graceful shutdown, not the default action of dying at once
 /// with the embedded cluster left running.
-fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+///
+/// SIGHUP, an operator's habitual "reload", would by default kill the process;
+/// until idgate can reload, it is logged and otherwise ignored (the handler
+/// stays installed through the drain too).
+fn shutdown_signal(grace: Duration) -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut interrupt = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
     let mut terminate = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+    let mut hangup = signal(SignalKind::hangup()).context("listening for SIGHUP")?;
     Ok(async move {
-        tokio::select! {
-            _ = interrupt.recv() => {},
-            _ = terminate.recv() => {},
-        }
+        let signal = loop {
+            // Biased: a SIGHUP that came before a SIGTERM is logged before it.
+            tokio::select! {
+                biased;
+                _ = hangup.recv() => tracing::warn!(
+                    "SIGHUP received: reloading the configuration is not supported yet; still serving"
+                ),
+                _ = interrupt.recv() => break "SIGINT",
+                _ = terminate.recv() => break "SIGTERM",
+            }
+        };
+        tracing::info!(
+            signal,
+            grace_ms = grace.as_millis() as u64,
+            "shutting down: no new connections; open ones get the grace period to finish"
+        );
     })
-}
-
-/// Sets up `tracing`: `json` or `pretty` (default), filtered by `RUST_LOG`
-/// (default `info`, sqlx's notices hidden). Logs go to stderr.
-pub fn init_logging(format: Option<&str>) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        Some("json") => builder.json().try_init(),
-        _ => builder.try_init(),
-    };
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! pool sizes, plugin pins, the loaded sandbox. Below `cli`, so `serve` can take
 //! them without reaching up into the command line.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::config::FileConfig;
 use crate::db::{DatabaseKind, PoolSettings};
@@ -77,6 +77,18 @@ impl Settings {
             // Only `serve` keeps its pool warm; one-shot commands open what they use.
             keep_warm: false,
             kind: self.database_kind,
+        }
+    }
+
+    /// The `[tls]` certificate chain and key files, when TLS is configured;
+    /// one without the other is an error.
+    pub fn tls_files(&self) -> anyhow::Result<Option<(&Path, &Path)>> {
+        let tls = &self.file.host.tls;
+        match (tls.cert_file.as_deref(), tls.key_file.as_deref()) {
+            (Some(cert), Some(key)) => Ok(Some((cert, key))),
+            (None, None) => Ok(None),
+            (Some(_), None) => anyhow::bail!("[tls] cert_file is set without key_file (--tls-key-file)"),
+            (None, Some(_)) => anyhow::bail!("[tls] key_file is set without cert_file (--tls-cert-file)"),
         }
     }
 

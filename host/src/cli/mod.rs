@@ -90,6 +90,13 @@ pub struct ServeArgs {
     /// Listen address [default: 127.0.0.1:3000].
     #[arg(long, env = "IDGATE_LISTEN")]
     pub listen: Option<String>,
+    /// TLS certificate chain, PEM, leaf first (`[tls] cert_file`); with
+    /// `--tls-key-file`, `serve` speaks HTTPS (HTTP/2 and HTTP/1.1).
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// TLS private key, PEM (`[tls] key_file`).
+    #[arg(long, value_name = "FILE")]
+    pub tls_key_file: Option<PathBuf>,
 }
 
 /// `idgate verify`.
@@ -166,10 +173,14 @@ fn default_plugin_dir() -> PathBuf {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let settings = resolve_settings(&cli.global)?;
+    let mut settings = resolve_settings(&cli.global)?;
     crate::logging::init(settings.file.host.log_format.as_deref());
     match cli.command {
         Command::Serve(args) => {
+            // The flags win over `[tls]` (and its IDGATE_TLS_* variables).
+            let tls = &mut settings.file.host.tls;
+            tls.cert_file = args.tls_cert_file.or(tls.cert_file.take());
+            tls.key_file = args.tls_key_file.or(tls.key_file.take());
             crate::serve::serve(&settings, args.listen).await?;
             Ok(ExitCode::SUCCESS)
         }
