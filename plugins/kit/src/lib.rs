@@ -12,11 +12,13 @@
 //! support for 0.1.0 plugins can be tested with a real plugin.
 
 pub mod ber;
+pub mod certificate;
 pub mod encoding;
 pub mod host_keys;
 pub mod pem;
 pub mod signed_data;
 pub mod time;
+pub mod x509_path;
 
 #[cfg(any(test, feature = "test-crypto"))]
 pub mod test_crypto;
@@ -148,7 +150,10 @@ pub enum DigestAlgorithm {
 
 /// Signature arithmetic: the host's import inside a component, a native library
 /// when the verifier runs natively.
-pub trait Crypto {
+///
+/// `Sync` because [`x509_path`] lends it to rustls-webpki, whose signature
+/// algorithms must be; every implementation is a stateless unit struct.
+pub trait Crypto: Sync {
     /// `Ok(true)` if `signature` over `message` verifies with the DER
     /// SubjectPublicKeyInfo `spki_der`; `Ok(false)` if it does not; `Err` if the
     /// key cannot be used with `algorithm`.
