@@ -158,6 +158,11 @@ impl Azure {
 
     /// A request body for VM `vm_id`, attested now (valid for six hours).
     pub fn body(&self, vm_id: &str, agent_name: Option<&str>, now: i64) -> String {
+        self.body_carrying(vm_id, agent_name, now, &[])
+    }
+
+    /// [`Azure::body`] whose PKCS#7 also carries the DER certificates `extra`.
+    pub fn body_carrying(&self, vm_id: &str, agent_name: Option<&str>, now: i64, extra: &[Vec<u8>]) -> String {
         let azure_time = |t: i64| {
             let s = idgate_plugin_kit::time::format_rfc3339(t);
             format!("{}/{}/{} {} -0000", &s[5..7], &s[8..10], &s[2..4], &s[11..19])
@@ -172,14 +177,14 @@ impl Azure {
             "vmId": vm_id,
         })
         .to_string();
-        let pkcs7 = self.pkcs7(document.as_bytes());
+        let pkcs7 = self.pkcs7(document.as_bytes(), extra);
         with_name(
             json!({ "signature": STANDARD.encode(pkcs7), "encoding": "pkcs7" }),
             agent_name,
         )
     }
 
-    fn pkcs7(&self, content: &[u8]) -> Vec<u8> {
+    fn pkcs7(&self, content: &[u8], extra: &[Vec<u8>]) -> Vec<u8> {
         let alg = |oid: &str| AlgorithmIdentifierOwned {
             oid: ObjectIdentifier::new_unwrap(oid),
             parameters: Some(Any::null()),
@@ -206,7 +211,17 @@ impl Azure {
                 econtent: Some(Any::new(Tag::OctetString, content).expect("content")),
             },
             certificates: Some(CertificateSet(
-                SetOfVec::try_from(vec![CertificateChoices::Certificate(leaf)]).expect("set"),
+                SetOfVec::try_from(
+                    std::iter::once(leaf)
+                        .chain(
+                            extra
+                                .iter()
+                                .map(|c| x509_cert::Certificate::from_der(c).expect("extra DER")),
+                        )
+                        .map(CertificateChoices::Certificate)
+                        .collect::<Vec<_>>(),
+                )
+                .expect("set"),
             )),
             crls: None,
             signer_infos: SignerInfos(SetOfVec::try_from(vec![signer]).expect("set")),

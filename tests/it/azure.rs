@@ -347,6 +347,165 @@ fn unknown_critical_extension_makes_a_certificate_unusable() {
 }
 
 // ---------------------------------------------------------------------------
+// Path rules as Go's x509.Verify applies them (the review's two accepted
+// forgeries first), and the cost cap on carried certificates.
+
+/// A nameConstraints extension permitting or excluding DNS subtrees, not critical.
+fn dns_name_constraints(permitted: &[&str], excluded: &[&str]) -> rcgen::CustomExtension {
+    use x509_cert::ext::pkix::constraints::name::{GeneralSubtree, NameConstraints};
+    use x509_cert::ext::pkix::name::GeneralName;
+    let subtrees = |names: &[&str]| {
+        (!names.is_empty()).then(|| {
+            names
+                .iter()
+                .map(|n| GeneralSubtree {
+                    base: GeneralName::DnsName(der::asn1::Ia5String::new(n).unwrap()),
+                    minimum: 0,
+                    maximum: None,
+                })
+                .collect::<Vec<_>>()
+        })
+    };
+    let value = NameConstraints {
+        permitted_subtrees: subtrees(permitted),
+        excluded_subtrees: subtrees(excluded),
+    }
+    .to_der()
+    .unwrap();
+    rcgen::CustomExtension::from_oid_content(&[2, 5, 29, 30], value)
+}
+
+/// root -> sub-CA (`extensions`) -> leaf `metadata.azure.com`, carried in the PKCS#7.
+fn through_sub_ca(extensions: Vec<rcgen::CustomExtension>) -> (TestCa, Vec<u8>) {
+    let root = TestCa::root("idgate test root");
+    let key = rcgen_key(1);
+    let mut p = params("idgate test sub-CA", vec![], Some(true));
+    p.custom_extensions = extensions;
+    let sub = TestCa::new(p.signed_by(&key, &root.cert, &root.key).unwrap(), key, 1);
+    let leaf = sub.issue_leaf("metadata.azure.com", 2);
+    let p7 = leaf.pkcs7(document(NOW), std::slice::from_ref(&sub.der));
+    (root, p7)
+}
+
+#[test]
+fn non_critical_name_constraints_refuse_an_azure_leaf() {
+    // The review's forgery: accepted as VM 1111... before.
+    let (root, p7) = through_sub_ca(vec![dns_name_constraints(&["example.com"], &[])]);
+    let why = refused(verify_der(&p7, &root.roots_config(), NOW), "untrusted-signer");
+    assert!(
+        why.contains("name constraints") && why.contains("idgate test sub-CA"),
+        "{why}"
+    );
+}
+
+#[test]
+fn excluded_subtree_refuses_an_azure_leaf() {
+    let (root, p7) = through_sub_ca(vec![dns_name_constraints(&[], &["azure.com"])]);
+    refused(verify_der(&p7, &root.roots_config(), NOW), "untrusted-signer");
+    // A constraint the leaf's names satisfy changes nothing.
+    let (root, p7) = through_sub_ca(vec![dns_name_constraints(&["azure.com"], &[])]);
+    assert!(verify_der(&p7, &root.roots_config(), NOW).is_ok());
+}
+
+#[test]
+fn code_signing_leaf_is_refused_and_no_eku_is_accepted() {
+    let root = TestCa::root("idgate test root");
+    let name = "metadata.azure.com";
+    let issue = |purposes: Vec<rcgen::ExtendedKeyUsagePurpose>| {
+        let key = rcgen_key(2);
+        let mut p = params(name, vec![name.to_string()], None);
+        p.extended_key_usages = purposes;
+        TestCa::new(p.signed_by(&key, &root.cert, &root.key).unwrap(), key, 2)
+    };
+    // The review's second forgery: a leaf whose only EKU is codeSigning.
+    let leaf = issue(vec![rcgen::ExtendedKeyUsagePurpose::CodeSigning]);
+    let why = refused(
+        verify_der(&leaf.pkcs7(document(NOW), &[]), &root.roots_config(), NOW),
+        "untrusted-signer",
+    );
+    assert!(why.contains("TLS server authentication"), "{why}");
+    // No EKU at all is accepted, as Go does; serverAuth too.
+    for purposes in [vec![], vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth]] {
+        let leaf = issue(purposes);
+        assert!(verify_der(&leaf.pkcs7(document(NOW), &[]), &root.roots_config(), NOW).is_ok());
+    }
+}
+
+#[test]
+fn sub_ca_without_key_cert_sign_or_past_its_path_length_is_refused() {
+    let root = TestCa::root("idgate test root");
+    // keyUsage present without keyCertSign.
+    let key = rcgen_key(1);
+    let mut p = params("idgate test signing-only CA", vec![], Some(true));
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    let sub = TestCa::new(p.signed_by(&key, &root.cert, &root.key).unwrap(), key, 1);
+    let leaf = sub.issue_leaf("metadata.azure.com", 2);
+    let p7 = leaf.pkcs7(document(NOW), std::slice::from_ref(&sub.der));
+    let why = refused(verify_der(&p7, &root.roots_config(), NOW), "untrusted-signer");
+    assert!(why.contains("lacks keyCertSign"), "{why}");
+    // A root allowing no intermediate, with one.
+    let key = rcgen_key(0);
+    let mut p = params("idgate test pathlen-0 root", vec![], Some(true));
+    p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    let strict_root = TestCa::new(p.self_signed(&key).unwrap(), key, 0);
+    let sub = strict_root.issue_ca("idgate test intermediate", 1, true);
+    let leaf = sub.issue_leaf("metadata.azure.com", 2);
+    let p7 = leaf.pkcs7(document(NOW), std::slice::from_ref(&sub.der));
+    let why = refused(verify_der(&p7, &strict_root.roots_config(), NOW), "untrusted-signer");
+    assert!(why.contains("allows 0 intermediates"), "{why}");
+}
+
+#[test]
+fn expired_intermediate_is_refused() {
+    let root = TestCa::root("idgate test root");
+    let key = rcgen_key(1);
+    let mut p = params("idgate test expired intermediate", vec![], Some(true));
+    p.not_after = date_time_ymd(2024, 1, 1);
+    let sub = TestCa::new(p.signed_by(&key, &root.cert, &root.key).unwrap(), key, 1);
+    let leaf = sub.issue_leaf("metadata.azure.com", 2);
+    let p7 = leaf.pkcs7(document(NOW), std::slice::from_ref(&sub.der));
+    let why = refused(verify_der(&p7, &root.roots_config(), NOW), "expired");
+    assert!(why.contains("'idgate test expired intermediate'"), "{why}");
+}
+
+#[test]
+fn too_many_carried_certificates_are_refused_before_decoding() {
+    let root = TestCa::root("idgate test root");
+    let inter = root.issue_ca("idgate test intermediate", 1, true);
+    let leaf = inter.issue_leaf("metadata.azure.com", 2);
+    // Leaf, its intermediate, and fillers up to the cap: still verifies.
+    let fillers: Vec<Vec<u8>> = (0..2)
+        .map(|n| root.issue_ca(&format!("filler {n}"), 1, true).der)
+        .collect();
+    let mut carried = vec![inter.der.clone()];
+    carried.extend(fillers.iter().cloned());
+    assert!(verify_der(&leaf.pkcs7(document(NOW), &carried), &root.roots_config(), NOW).is_ok());
+    // One more is refused, whatever it is: a fifth "certificate" that is not one
+    // at all shows that none is decoded.
+    let placeholder = root.issue_ca("placeholder", 1, true).der;
+    carried.push(placeholder.clone());
+    let p7 = not_a_certificate(leaf.pkcs7(document(NOW), &carried), &placeholder);
+    let why = refused(verify_der(&p7, &root.roots_config(), NOW), "untrusted-signer");
+    assert!(
+        why.contains("carries 5 certificates") && why.contains("at most 4"),
+        "{why}"
+    );
+}
+
+/// `p7` with the certificate `cert` overwritten, in place and at the same length,
+/// by a SEQUENCE holding only zeros.
+fn not_a_certificate(mut p7: Vec<u8>, cert: &[u8]) -> Vec<u8> {
+    let at = p7.windows(cert.len()).position(|w| w == cert).unwrap();
+    assert_eq!(&cert[..2], &[0x30, 0x82]);
+    let inner = cert.len() - 4;
+    let mut junk = vec![0x30, 0x82, (inner >> 8) as u8, inner as u8];
+    junk.extend([0x04, 0x82, ((inner - 4) >> 8) as u8, (inner - 4) as u8]);
+    junk.resize(cert.len(), 0);
+    p7[at..at + cert.len()].copy_from_slice(&junk);
+    p7
+}
+
+// ---------------------------------------------------------------------------
 // Test PKI: RSA keys (rsa crate) in rcgen certificates; PKCS#7 assembled with `cms` types.
 
 /// Three RSA-2048 keys, generated once per test binary.

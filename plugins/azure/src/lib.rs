@@ -65,7 +65,7 @@ fn credential_pkcs7(credential: &str) -> Result<Vec<u8>, VerifyError> {
 /// Verifies an attested-data PKCS#7 (DER) under `config` at `now`.
 pub fn verify_pkcs7(crypto: &dyn Crypto, pkcs7: &[u8], config: &Config, now: i64) -> Result<Identity, VerifyError> {
     // 1. The document's signature, with the signer certificate's key.
-    let signed = signed_data::parse(pkcs7)?;
+    let signed = signed_data::parse_with_max_certificates(pkcs7, chain::MAX_CARRIED)?;
     let signer_der = signed
         .find_signer_certificate(&[])
         .ok_or_else(|| VerifyError::UntrustedSigner("the PKCS#7 does not carry its signer's certificate".into()))?;

@@ -14,12 +14,14 @@
 //! `None`).
 
 pub mod ber;
+pub mod certificate;
 pub mod encoding;
 pub mod host_keys;
 pub mod issuers;
 pub mod pem;
 pub mod signed_data;
 pub mod time;
+pub mod x509_path;
 
 #[cfg(any(test, feature = "test-crypto"))]
 pub mod test_crypto;
@@ -169,7 +171,10 @@ pub enum DigestAlgorithm {
 
 /// Signature arithmetic: the host's import inside a component, a native library
 /// when the verifier runs natively.
-pub trait Crypto {
+///
+/// `Sync` because [`x509_path`] lends it to rustls-webpki, whose signature
+/// algorithms must be; every implementation is a stateless unit struct.
+pub trait Crypto: Sync {
     /// `Ok(true)` if `signature` over `message` verifies with the DER
     /// SubjectPublicKeyInfo `spki_der`; `Ok(false)` if it does not; `Err` if the
     /// key cannot be used with `algorithm`.

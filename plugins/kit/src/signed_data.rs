@@ -83,6 +83,13 @@ fn malformed(what: impl std::fmt::Display) -> VerifyError {
 
 /// Parses a ContentInfo carrying SignedData with exactly one signer (BER or DER).
 pub fn parse(bytes: &[u8]) -> Result<SignedData, VerifyError> {
+    parse_with_max_certificates(bytes, MAX_SET_ITEMS)
+}
+
+/// [`parse`], refusing (`UntrustedSigner`) a PKCS#7 that carries more than
+/// `max` certificates before any of them is decoded: a verifier that knows how
+/// long its chains are caps what a body can make it parse and check.
+pub fn parse_with_max_certificates(bytes: &[u8], max: usize) -> Result<SignedData, VerifyError> {
     if bytes.is_empty() {
         return Err(malformed("empty"));
     }
@@ -94,6 +101,12 @@ pub fn parse(bytes: &[u8]) -> Result<SignedData, VerifyError> {
     }
     let der = ber::to_der(bytes).map_err(malformed)?;
     let raw = RawParts::find(&der).map_err(malformed)?;
+    if raw.certificates.len() > max {
+        return Err(VerifyError::UntrustedSigner(format!(
+            "the PKCS#7 carries {} certificates; a signer's chain needs at most {max}",
+            raw.certificates.len()
+        )));
+    }
 
     let info = cms::content_info::ContentInfo::from_der(&der).map_err(malformed)?;
     if info.content_type != ID_SIGNED_DATA {
