@@ -16,9 +16,16 @@
 //! layer (which after #24973 adds no SQL for the system subject, but does RBAC
 //! checks in Go) and the `workspace_build_with_user` view (here the plain
 //! `workspace_builds` table, which is what that view reads first).
+//!
+//! Also Coder main's pattern ([`resolve_coder_main`]): after coder/coder#25031
+//! one joined query, `GetWorkspaceBuildAgentsByInstanceID`, then
+//! `GetLatestWorkspaceBuildByWorkspaceID`; measured on a database whose
+//! prior-build agents are soft-deleted, as #25207 leaves it
+//! ([`crate::fixtures::soft_delete_prior_agents`]).
 
 use idgate::db::resolve::{go_quote, select, Candidate, Resolution};
-use sqlx::{PgPool, Row};
+use sqlx::postgres::PgRow;
+use sqlx::{Column, PgPool, Row};
 use uuid::Uuid;
 
 /// What the baseline answers.
@@ -121,6 +128,100 @@ pub async fn resolve(pool: &PgPool, instance_id: &str, agent_name: Option<&str>)
         ));
     }
     Ok(Answer::Token(chosen.agent.auth_token))
+}
+
+/// Coder main's `GetWorkspaceBuildAgentsByInstanceID` (coder/coder#25031, as
+/// coder-reference §5 reconstructs it): every column of the agent and of its
+/// workspace (`sqlc.embed`), and the build's ID, for root, non-deleted agents
+/// with the instance ID on a `workspace_build` job of a non-deleted workspace,
+/// newest first. Not restricted to the latest build: that is the second
+/// statement's check.
+const CODER_MAIN_AGENTS: &str = "\
+SELECT workspace_agents.*, workspace_builds.id AS workspace_build_id, workspaces.*
+FROM workspace_agents
+JOIN workspace_resources ON workspace_resources.id = workspace_agents.resource_id
+JOIN workspace_builds ON workspace_builds.job_id = workspace_resources.job_id
+JOIN provisioner_jobs ON provisioner_jobs.id = workspace_builds.job_id
+JOIN workspaces ON workspaces.id = workspace_builds.workspace_id
+WHERE workspace_agents.auth_instance_id = $1::text
+  AND workspace_agents.deleted = FALSE
+  AND workspace_agents.parent_id IS NULL
+  AND provisioner_jobs.type = 'workspace_build'
+  AND workspaces.deleted = FALSE
+ORDER BY workspace_agents.created_at DESC";
+
+/// The value of the first column named `name` (the agent's, before the
+/// embedded workspace's columns of the same names).
+fn first<'r, T>(row: &'r PgRow, name: &str) -> Result<T, sqlx::Error>
+where
+    T: sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>,
+{
+    let at = row
+        .columns()
+        .iter()
+        .position(|c| c.name() == name)
+        .ok_or_else(|| sqlx::Error::ColumnNotFound(name.to_string()))?;
+    row.try_get(at)
+}
+
+/// Coder main's resolution of `instance_id` (+ optional agent name): the
+/// joined query, selection (name, 404, 409), then
+/// `GetLatestWorkspaceBuildByWorkspaceID` compared with the agent's build
+/// (400 if it is not the latest). Two statements for an answer with a token,
+/// one for a 404 or 409; each takes a pooled connection on its own.
+pub async fn resolve_coder_main(
+    pool: &PgPool,
+    instance_id: &str,
+    agent_name: Option<&str>,
+) -> Result<Answer, sqlx::Error> {
+    let rows = sqlx::query(CODER_MAIN_AGENTS).bind(instance_id).fetch_all(pool).await?;
+    let mut candidates = Vec::with_capacity(rows.len());
+    for row in &rows {
+        candidates.push(Candidate {
+            name: first(row, "name")?,
+            auth_token: first(row, "auth_token")?,
+        });
+    }
+    let row = match select(instance_id, agent_name, candidates) {
+        Resolution::Token(token, _) => {
+            let at = rows
+                .iter()
+                .position(|r| first::<Uuid>(r, "auth_token").is_ok_and(|t| t == token))
+                .expect("the selected candidate is a row");
+            &rows[at]
+        }
+        Resolution::NotFound(m) | Resolution::NoSuchName(m) => return Ok(Answer::Status(404, m)),
+        Resolution::Ambiguous(m) => return Ok(Answer::Status(409, m)),
+    };
+    let build_id: Uuid = row.try_get("workspace_build_id")?;
+    // The embedded workspace's `id` is the second column named `id`.
+    let workspace_id: Uuid = {
+        let at = row
+            .columns()
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.name() == "id")
+            .nth(1)
+            .map(|(i, _)| i)
+            .ok_or_else(|| sqlx::Error::ColumnNotFound("workspaces.id".into()))?;
+        row.try_get(at)?
+    };
+    let latest =
+        sqlx::query("SELECT * FROM workspace_builds WHERE workspace_id = $1 ORDER BY build_number DESC LIMIT 1")
+            .bind(workspace_id)
+            .fetch_one(pool)
+            .await?;
+    let latest_id: Uuid = latest.try_get("id")?;
+    if latest_id != build_id {
+        return Ok(Answer::Status(
+            400,
+            format!(
+                "Resource found for id {}, but isn't registered on the latest history.",
+                go_quote(instance_id)
+            ),
+        ));
+    }
+    Ok(Answer::Token(first(row, "auth_token")?))
 }
 
 /// idgate's resolution as an [`Answer`], for comparing outcomes.

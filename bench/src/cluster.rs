@@ -13,6 +13,9 @@ use sqlx::{Connection, PgConnection, PgPool};
 
 /// The database the benchmarks register agents in.
 pub const DATABASE: &str = "bench";
+/// The database Coder main's pattern runs on: the same registrations, with
+/// prior-build agents soft-deleted ([`crate::fixtures::soft_delete_prior_agents`]).
+pub const CODER_MAIN_DATABASE: &str = "bench_coder_main";
 
 /// Time PostgreSQL spent on statements, as `pg_stat_statements` counts it.
 #[derive(Debug, Clone, Copy, Default)]
@@ -100,9 +103,11 @@ impl BenchCluster {
 
     async fn prepare(&self) -> anyhow::Result<String> {
         let mut admin = self.admin().await?;
-        sqlx::raw_sql(&format!("CREATE DATABASE {DATABASE}"))
-            .execute(&mut admin)
-            .await?;
+        for db in [DATABASE, CODER_MAIN_DATABASE] {
+            sqlx::raw_sql(&format!("CREATE DATABASE {db}"))
+                .execute(&mut admin)
+                .await?;
+        }
         if self.stat_statements {
             sqlx::raw_sql("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
                 .execute(&mut admin)
@@ -127,14 +132,17 @@ impl BenchCluster {
     /// Opens [`DATABASE`] the way `idgate serve` does (migrations, the
     /// resolution statement prepared on every connection).
     pub async fn open(&self, max_connections: u32) -> anyhow::Result<PgPool> {
+        self.open_in(DATABASE, max_connections).await
+    }
+
+    /// [`BenchCluster::open`] for database `db`.
+    pub async fn open_in(&self, db: &str, max_connections: u32) -> anyhow::Result<PgPool> {
         let settings = PoolSettings {
             max_connections,
             keep_warm: true,
             ..PoolSettings::default()
         };
-        Ok(Db::open_with(self.cluster().connect_options(DATABASE), settings)
-            .await?
-            .pool)
+        Ok(Db::open_with(self.cluster().connect_options(db), settings).await?.pool)
     }
 
     /// A pool of fresh connections built as `idgate serve` builds them
@@ -173,13 +181,18 @@ impl BenchCluster {
     /// A pool for the baseline: the same size and acquire timeout as
     /// idgate's, nothing prepared ahead, no ping before use.
     pub async fn baseline_pool(&self, max_connections: u32) -> anyhow::Result<PgPool> {
+        self.baseline_pool_in(DATABASE, max_connections).await
+    }
+
+    /// [`BenchCluster::baseline_pool`] for database `db`.
+    pub async fn baseline_pool_in(&self, db: &str, max_connections: u32) -> anyhow::Result<PgPool> {
         let settings = PoolSettings::default();
         let pool = sqlx::postgres::PgPoolOptions::new()
             .max_connections(max_connections)
             .min_connections(max_connections)
             .acquire_timeout(settings.acquire_timeout)
             .test_before_acquire(false)
-            .connect_with(self.cluster().connect_options(DATABASE))
+            .connect_with(self.cluster().connect_options(db))
             .await?;
         // Open every connection now, as idgate's warm pool does, so neither
         // side opens connections during a measurement.
@@ -197,14 +210,14 @@ impl BenchCluster {
         Ok(())
     }
 
-    /// Statements [`DATABASE`] executed since the last reset, by statement text.
-    pub async fn counts(&self) -> anyhow::Result<Vec<(String, i64)>> {
+    /// Statements database `db` executed since the last reset, by statement text.
+    pub async fn counts_in(&self, db: &str) -> anyhow::Result<Vec<(String, i64)>> {
         let mut admin = self.admin().await?;
         let rows: Vec<(String, i64)> = sqlx::query_as(
             "SELECT s.query, s.calls FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid \
              WHERE d.datname = $1 ORDER BY s.calls DESC, s.query",
         )
-        .bind(DATABASE)
+        .bind(db)
         .fetch_all(&mut admin)
         .await?;
         admin.close().await?;
@@ -213,12 +226,17 @@ impl BenchCluster {
 
     /// Planning and execution time [`DATABASE`] spent since the last reset.
     pub async fn server_time(&self) -> anyhow::Result<ServerTime> {
+        self.server_time_in(DATABASE).await
+    }
+
+    /// [`BenchCluster::server_time`] of database `db`.
+    pub async fn server_time_in(&self, db: &str) -> anyhow::Result<ServerTime> {
         let mut admin = self.admin().await?;
         let (plan, exec): (f64, f64) = sqlx::query_as(
             "SELECT coalesce(sum(s.total_plan_time), 0)::float8, coalesce(sum(s.total_exec_time), 0)::float8 \
              FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid WHERE d.datname = $1",
         )
-        .bind(DATABASE)
+        .bind(db)
         .fetch_one(&mut admin)
         .await?;
         admin.close().await?;
@@ -228,9 +246,14 @@ impl BenchCluster {
         })
     }
 
-    /// Total of [`BenchCluster::counts`].
+    /// Total of [`BenchCluster::counts_in`] for [`DATABASE`].
     pub async fn total(&self) -> anyhow::Result<i64> {
-        Ok(self.counts().await?.iter().map(|(_, n)| n).sum())
+        self.total_in(DATABASE).await
+    }
+
+    /// Total of [`BenchCluster::counts_in`].
+    pub async fn total_in(&self, db: &str) -> anyhow::Result<i64> {
+        Ok(self.counts_in(db).await?.iter().map(|(_, n)| n).sum())
     }
 }
 

@@ -121,3 +121,28 @@ pub async fn settle(pool: &PgPool) -> anyhow::Result<()> {
     sqlx::raw_sql("CHECKPOINT").execute(pool).await?;
     Ok(())
 }
+
+/// Soft-deletes what Coder's migration 000498 (coder/coder#25207) does, and
+/// what Coder main keeps soft-deleted since: the agents of deleted workspaces,
+/// and every agent not on its workspace's latest build. Coder main's pattern
+/// is measured on a database in this state.
+pub async fn soft_delete_prior_agents(pool: &PgPool) -> anyhow::Result<()> {
+    sqlx::raw_sql(
+        "UPDATE workspace_agents SET deleted = TRUE
+         WHERE deleted = FALSE AND resource_id IN (
+           SELECT workspace_resources.id FROM workspace_resources
+           JOIN workspace_builds ON workspace_builds.job_id = workspace_resources.job_id
+           JOIN workspaces ON workspaces.id = workspace_builds.workspace_id
+           WHERE workspaces.deleted);
+         UPDATE workspace_agents SET deleted = TRUE
+         WHERE deleted = FALSE AND resource_id IN (
+           SELECT workspace_resources.id FROM workspace_resources
+           JOIN workspace_builds ON workspace_builds.job_id = workspace_resources.job_id
+           WHERE workspace_builds.id NOT IN (
+             SELECT DISTINCT ON (workspace_id) id FROM workspace_builds
+             ORDER BY workspace_id, build_number DESC));",
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
+}

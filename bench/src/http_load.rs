@@ -53,24 +53,46 @@ pub async fn serve_idgate(state: Arc<AppState>) -> anyhow::Result<String> {
 /// (No metrics or audit line; with no log subscriber installed, idgate's cost
 /// next to nothing.)
 pub async fn serve_baseline(state: Arc<AppState>) -> anyhow::Result<String> {
+    serve_pattern(state, Pattern::StageB).await
+}
+
+/// [`serve_baseline`] with Coder main's pattern
+/// ([`baseline::resolve_coder_main`]) as the resolution.
+pub async fn serve_coder_main(state: Arc<AppState>) -> anyhow::Result<String> {
+    serve_pattern(state, Pattern::CoderMain).await
+}
+
+/// Which of Coder's resolutions a baseline server runs.
+#[derive(Debug, Clone, Copy)]
+enum Pattern {
+    StageB,
+    CoderMain,
+}
+
+async fn serve_pattern(state: Arc<AppState>, pattern: Pattern) -> anyhow::Result<String> {
     let app = Router::new()
         .route(
             "/api/v2/workspaceagents/aws-instance-identity",
-            post(|s: State<Arc<AppState>>, b: Body| baseline_handler(s, "aws", b)),
+            post(move |s: State<Arc<AppState>>, b: Body| baseline_handler(s, pattern, "aws", b)),
         )
         .route(
             "/api/v2/workspaceagents/azure-instance-identity",
-            post(|s: State<Arc<AppState>>, b: Body| baseline_handler(s, "azure", b)),
+            post(move |s: State<Arc<AppState>>, b: Body| baseline_handler(s, pattern, "azure", b)),
         )
         .route(
             "/api/v2/workspaceagents/google-instance-identity",
-            post(|s: State<Arc<AppState>>, b: Body| baseline_handler(s, "gcp", b)),
+            post(move |s: State<Arc<AppState>>, b: Body| baseline_handler(s, pattern, "gcp", b)),
         )
         .with_state(state);
     listen(app).await
 }
 
-async fn baseline_handler(State(state): State<Arc<AppState>>, provider: &'static str, body: Body) -> Response {
+async fn baseline_handler(
+    State(state): State<Arc<AppState>>,
+    pattern: Pattern,
+    provider: &'static str,
+    body: Body,
+) -> Response {
     let reply = |status: u16, message: String| {
         (
             StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
@@ -88,12 +110,15 @@ async fn baseline_handler(State(state): State<Arc<AppState>>, provider: &'static
             .verify(provider, parsed.credential, idgate::clock::unix_now())
             .await
             .map_err(|e| (401, e.to_string()))?;
-        baseline::resolve(&state.pool, &identity.instance_id, parsed.agent_name.as_deref())
-            .await
-            .map_err(|e| match e {
-                sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => (503, e.to_string()),
-                other => (500, other.to_string()),
-            })
+        let (pool, id, name) = (&state.pool, &identity.instance_id, parsed.agent_name.as_deref());
+        match pattern {
+            Pattern::StageB => baseline::resolve(pool, id, name).await,
+            Pattern::CoderMain => baseline::resolve_coder_main(pool, id, name).await,
+        }
+        .map_err(|e| match e {
+            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => (503, e.to_string()),
+            other => (500, other.to_string()),
+        })
     };
     match tokio::time::timeout(state.limits.request_timeout, work).await {
         Ok(Ok(Answer::Token(token))) => {

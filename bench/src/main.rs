@@ -7,7 +7,8 @@
 //! It starts its own PostgreSQL in a temporary directory.
 //!
 //! `cargo run --release -p idgate-bench -- SECTION...` runs only the named
-//! sections (`statements`, `storm`, `ceiling`) and prints their Markdown instead of
+//! sections (`statements`, `storm`, `throughput` — after a storm of its own —,
+//! `ceiling`) and prints their Markdown instead of
 //! writing `BENCHMARKS.md` (plugins must have been built).
 
 mod baseline;
@@ -146,7 +147,7 @@ fn main() -> anyhow::Result<()> {
         let secs = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(5.0);
         return sandbox_costs::profile(&env, provider, secs);
     }
-    const SECTIONS: [&str; 3] = ["statements", "storm", "ceiling"];
+    const SECTIONS: [&str; 4] = ["statements", "storm", "throughput", "ceiling"];
     if let Some(unknown) = args.iter().find(|a| !SECTIONS.contains(&a.as_str())) {
         anyhow::bail!(
             "unknown section {unknown:?}: run all of them with no argument, or name `sandbox` or some of {SECTIONS:?}"
@@ -208,22 +209,44 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The HTTP sections' plugins and keys, made on first use.
+fn keys<'a>(http: &'a mut Option<Http>, env: &Env, scratch: &std::path::Path) -> anyhow::Result<&'a Http> {
+    if http.is_none() {
+        *http = Some(make_http(env, scratch)?);
+    }
+    Ok(http.as_ref().expect("just made"))
+}
+
 /// Runs only the named sections and prints their Markdown.
 fn only(env: &Env, scratch: &std::path::Path, sections: &[String]) -> anyhow::Result<()> {
     eprintln!("starting PostgreSQL and making test keys");
     let pg = cluster::BenchCluster::start()?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    // One set of keys for every section: throughput sends the storm's AWS requests.
+    let mut http = None;
+    let mut leftover = None;
     let mut out = String::new();
     for section in sections {
         match section.as_str() {
             "statements" => out.push_str(&statements::run(&rt, &pg)?.0),
             "storm" => {
-                let http = make_http(env, scratch)?;
-                out.push_str(&storm::run(&rt, &pg, &http)?.0);
+                let http = keys(&mut http, env, scratch)?;
+                let (md, left) = storm::run(&rt, &pg, http)?;
+                out.push_str(&md);
+                leftover = Some(left);
+            }
+            // Throughput cycles over the storm's AWS instances: a storm runs first.
+            "throughput" => {
+                let http = keys(&mut http, env, scratch)?;
+                let left = match leftover.take() {
+                    Some(left) => left,
+                    None => storm::run(&rt, &pg, http)?.1,
+                };
+                out.push_str(&throughput::run(&rt, &pg, http, left.aws_plain)?.0);
             }
             "ceiling" => {
-                let http = make_http(env, scratch)?;
-                out.push_str(&ceiling::run(&rt, &pg, &http, scratch)?.0);
+                let http = keys(&mut http, env, scratch)?;
+                out.push_str(&ceiling::run(&rt, &pg, http, scratch)?.0);
             }
             other => unreachable!("checked: {other}"),
         }
@@ -262,6 +285,19 @@ fn summary(cells: &[statements::Cell], points: &[throughput::Point], rows: &[cei
             c.server.1.show(),
             c.first_server.0.show(),
             c.first_server.1.show(),
+        );
+    }
+    if let Some(c) = cells.iter().find(|c| c.agents == 1 && c.builds == 0) {
+        let _ = writeln!(
+            md,
+            "- Coder main's pattern (join + latest build, prior-build agents soft-deleted), one agent, steady \
+             state: {} statements vs idgate's {}, {} vs {} (Coder main / idgate {}); PostgreSQL's time {}.",
+            c.main.statements,
+            c.idgate_statements,
+            stats::fmt(c.main.latency.1.median),
+            stats::fmt(c.main.latency.0.median),
+            stats::ratio(&c.main.latency.0, &c.main.latency.1),
+            c.main.server.show(),
         );
     }
     let _ = writeln!(md, "- {storm}");

@@ -3,7 +3,10 @@
 //! agents per instance × earlier (not soft-deleted) builds, in a database that
 //! also holds a 20,000-workspace fleet. Each cell is measured at first use (a
 //! fresh connection) and in the steady state (a warmed, pooled connection), and
-//! the plan idgate's connection has cached is shown for three shapes.
+//! the plan idgate's connection has cached is shown for three shapes. Coder
+//! main's pattern (two statements) runs beside them on a copy of the same
+//! registrations whose prior-build agents are soft-deleted, as Coder main
+//! keeps them.
 
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
@@ -12,7 +15,7 @@ use idgate::db::resolve::resolve;
 use sqlx::PgPool;
 
 use crate::baseline::{self, idgate_answer, Answer};
-use crate::cluster::{BenchCluster, ServerTime};
+use crate::cluster::{BenchCluster, ServerTime, CODER_MAIN_DATABASE};
 use crate::fixtures::{register, Group};
 use crate::stats::{fmt, ratio, side_by_side, Summary};
 
@@ -50,6 +53,21 @@ pub struct Cell {
     /// PostgreSQL's own planning and execution time per authentication in the
     /// steady state (idgate, baseline).
     pub server: (ServerTime, ServerTime),
+    /// Coder main's pattern on the soft-deleted copy.
+    pub main: MainCell,
+}
+
+/// One grid cell's measurements of Coder main's pattern.
+pub struct MainCell {
+    /// Statements PostgreSQL counted for one authentication.
+    pub statements: i64,
+    /// Steady-state latency of idgate and of Coder main's pattern, measured
+    /// side by side in their own alternating rounds.
+    pub latency: (Summary, Summary),
+    /// PostgreSQL's time per authentication.
+    pub server: ServerTime,
+    /// Status without an agent name.
+    pub unnamed: u16,
 }
 
 /// What the section found beyond the cells.
@@ -58,6 +76,9 @@ pub struct Extra {
     pub plans: Vec<(String, Vec<String>)>,
     /// How idgate's warmed connection planned the statement over the section.
     pub counts: Option<idgate::db::plan::PlanCounts>,
+    /// One client, 1 agent × 0 earlier builds: latency through the shared
+    /// queue (`resolve`, a batch of one) and without it (`resolve_alone`).
+    pub idle: (Summary, Summary),
 }
 
 fn fleet_instance(i: usize) -> String {
@@ -72,40 +93,71 @@ fn instance(agents: usize, builds: u32) -> String {
 pub fn run(rt: &tokio::runtime::Runtime, pg: &BenchCluster) -> anyhow::Result<(String, Vec<Cell>)> {
     // One connection each: a single authentication at a time, and every
     // connection warmed (statements prepared, type OIDs looked up) before counting.
-    let (ours, theirs) = rt.block_on(async {
+    let (ours, theirs, main) = rt.block_on(async {
         let ours = pg.open(1).await?;
         let theirs = pg.baseline_pool(1).await?;
+        // The same registrations in Coder main's database (migrated by
+        // opening it as idgate would), then soft-deleted as Coder main keeps them.
+        let main_setup = pg.open_in(CODER_MAIN_DATABASE, 1).await?;
         let fleet: Vec<String> = (0..FLEET).map(fleet_instance).collect();
-        register(&ours, &Group::new("fleet", fleet, 1, FLEET_EARLIER_BUILDS)).await?;
+        let mut groups = vec![Group::new("fleet", fleet, 1, FLEET_EARLIER_BUILDS)];
         for &agents in &AGENTS {
             for &builds in &EARLIER_BUILDS {
-                let group = Group::new(
+                groups.push(Group::new(
                     &format!("grid{agents}x{builds}"),
                     vec![instance(agents, builds)],
                     agents,
                     builds,
-                );
-                register(&ours, &group).await?;
+                ));
             }
         }
+        for group in &groups {
+            register(&ours, group).await?;
+            register(&main_setup, group).await?;
+        }
+        crate::fixtures::soft_delete_prior_agents(&main_setup).await?;
         crate::fixtures::analyze(&ours).await?;
-        anyhow::Ok((ours, theirs))
+        crate::fixtures::analyze(&main_setup).await?;
+        main_setup.close().await;
+        let main = pg.baseline_pool_in(CODER_MAIN_DATABASE, 1).await?;
+        anyhow::Ok((ours, theirs, main))
     })?;
 
     let mut cells = Vec::new();
     for &agents in &AGENTS {
         for &builds in &EARLIER_BUILDS {
-            let cell = measure(rt, pg, &ours, &theirs, agents, builds)?;
+            let cell = measure(rt, pg, &ours, &theirs, &main, agents, builds)?;
             eprintln!(
-                "statements: {agents} agents × {builds} earlier builds: idgate {} / baseline {} statements, {} / {}",
+                "statements: {agents} agents × {builds} earlier builds: idgate {} / baseline {} / Coder main {} \
+                 statements, {} / {} / {}",
                 cell.idgate_statements,
                 cell.baseline_statements,
+                cell.main.statements,
                 fmt(cell.idgate.median),
-                fmt(cell.baseline.median)
+                fmt(cell.baseline.median),
+                fmt(cell.main.latency.1.median)
             );
             cells.push(cell);
         }
     }
+    // The idle case: does the queue cost a lone request anything?
+    let idle_id = instance(1, 0);
+    let idle = side_by_side(
+        5,
+        200,
+        || {
+            rt.block_on(resolve(&ours, &idle_id, None)).expect("idgate resolution");
+        },
+        || {
+            rt.block_on(idgate::db::resolve::resolve_alone(&ours, &idle_id, None))
+                .expect("idgate resolution");
+        },
+    );
+    eprintln!(
+        "statements: one client, through the queue {} / alone {}",
+        fmt(idle.0.median),
+        fmt(idle.1.median)
+    );
     let extra = rt.block_on(async {
         let mut conn = ours.acquire().await?;
         let mut plans = Vec::new();
@@ -123,7 +175,8 @@ pub fn run(rt: &tokio::runtime::Runtime, pg: &BenchCluster) -> anyhow::Result<(S
         drop(conn);
         ours.close().await;
         theirs.close().await;
-        anyhow::Ok(Extra { plans, counts })
+        main.close().await;
+        anyhow::Ok(Extra { plans, counts, idle })
     })?;
     Ok((report(pg, &cells, &extra), cells))
 }
@@ -133,6 +186,7 @@ fn measure(
     pg: &BenchCluster,
     ours: &PgPool,
     theirs: &PgPool,
+    main: &PgPool,
     agents: usize,
     builds: u32,
 ) -> anyhow::Result<Cell> {
@@ -141,10 +195,11 @@ fn measure(
     let name = Some(if agents > 1 { "agent-0" } else { "main" });
     let run_ours = || rt.block_on(resolve(ours, &id, name)).map(idgate_answer);
     let run_theirs = || rt.block_on(baseline::resolve(theirs, &id, name));
+    let run_main = || rt.block_on(baseline::resolve_coder_main(main, &id, name));
 
     type Counted = (i64, Vec<(String, i64)>, ServerTime);
     // `n` calls of `f`, counted by PostgreSQL; the counts and time are per call.
-    let counted = |n: u32, f: &dyn Fn() -> Result<Answer, sqlx::Error>| -> anyhow::Result<Counted> {
+    let counted_in = |db: &str, n: u32, f: &dyn Fn() -> Result<Answer, sqlx::Error>| -> anyhow::Result<Counted> {
         if !pg.stat_statements {
             for _ in 0..n {
                 f()?;
@@ -155,13 +210,14 @@ fn measure(
         for _ in 0..n {
             f()?;
         }
-        let mut detail = rt.block_on(pg.counts())?;
+        let mut detail = rt.block_on(pg.counts_in(db))?;
         for (_, calls) in &mut detail {
             *calls /= i64::from(n);
         }
-        let time = rt.block_on(pg.server_time())?;
+        let time = rt.block_on(pg.server_time_in(db))?;
         Ok((detail.iter().map(|(_, n)| n).sum(), detail, time.per(n)))
     };
+    let counted = |n: u32, f: &dyn Fn() -> Result<Answer, sqlx::Error>| counted_in(crate::cluster::DATABASE, n, f);
 
     // First use: one resolution on a connection that has never run it (the
     // pool's set-up has prepared idgate's statement; the baseline prepares
@@ -210,6 +266,16 @@ fn measure(
     }
     let (idgate_statements, _, idgate_server) = counted(STEADY_COUNT, &run_ours)?;
     let (baseline_statements, baseline_detail, baseline_server) = counted(repeat, &run_theirs)?;
+    // Its own database has its own tokens: the status must agree.
+    let main_answer = run_main()?;
+    anyhow::ensure!(
+        main_answer.status() == 200,
+        "{id}: idgate answered {a:?}, Coder main's pattern {main_answer:?}"
+    );
+    for _ in 0..10 {
+        run_main()?;
+    }
+    let (main_statements, _, main_server) = counted_in(CODER_MAIN_DATABASE, STEADY_COUNT, &run_main)?;
 
     // Without a name: a single agent should authenticate; old-build rows make
     // the baseline see several candidates.
@@ -217,6 +283,7 @@ fn measure(
         rt.block_on(resolve(ours, &id, None)).map(idgate_answer)?.status(),
         rt.block_on(baseline::resolve(theirs, &id, None))?.status(),
     );
+    let main_unnamed = rt.block_on(baseline::resolve_coder_main(main, &id, None))?.status();
 
     // About 1.5 s of baseline calls per cell, at least one per round.
     let rounds = 5;
@@ -231,6 +298,17 @@ fn measure(
             run_theirs().expect("baseline resolution");
         },
     );
+    // Coder main's pattern costs about what idgate does: a fixed number per round.
+    let main_latency = side_by_side(
+        rounds,
+        100,
+        || {
+            run_ours().expect("idgate resolution");
+        },
+        || {
+            run_main().expect("Coder main resolution");
+        },
+    );
     Ok(Cell {
         agents,
         builds,
@@ -243,6 +321,12 @@ fn measure(
         unnamed,
         baseline_detail,
         server: (idgate_server, baseline_server),
+        main: MainCell {
+            statements: main_statements,
+            latency: main_latency,
+            server: main_server,
+            unnamed: main_unnamed,
+        },
     })
 }
 
@@ -309,11 +393,22 @@ fn report(pg: &BenchCluster, cells: &[Cell], extra: &Extra) -> String {
             c.unnamed.1,
         );
     }
+    md.push_str(&main_report(cells));
     md.push_str(
         "\nThe baseline runs 1 + 2·N·(B+1) + 2 statements (every old-build agent is a candidate that costs a \
          resource and a job lookup); idgate runs 1 whatever N and B. Without `agent_name`, a single-agent \
          instance with earlier builds gets the baseline's 409 listing `main, main, …` (the incident); \
          idgate answers 200 (409 is right for N > 1).\n",
+    );
+    let _ = writeln!(
+        md,
+        "\nOne client, 1 agent × 0 earlier builds, a warmed pool of one connection: {} through the shared \
+         queue (`idgate::db::batch`, alone: a batch of one on `RESOLVE_SQL`), {} with the request's own \
+         connection and statement (`resolve_alone`, no queue); queue / alone {:.3}× (5 alternating rounds of \
+         200).",
+        extra.idle.0.show(),
+        extra.idle.1.show(),
+        extra.idle.0.median.as_secs_f64() / extra.idle.1.median.as_secs_f64(),
     );
     if let Some(counts) = extra.counts {
         let _ = writeln!(
@@ -350,5 +445,39 @@ fn report(pg: &BenchCluster, cells: &[Cell], extra: &Extra) -> String {
         }
     }
     md.push('\n');
+    md
+}
+
+/// The grid's Coder-main rows.
+fn main_report(cells: &[Cell]) -> String {
+    let mut md = String::from(
+        "\n### Coder main's pattern\n\n*Coder main* is Coder's handler after coder/coder#25031 and #25207, \
+         rewritten in this benchmark (`baseline::resolve_coder_main`): the joined \
+         `GetWorkspaceBuildAgentsByInstanceID` query, selection, then `GetLatestWorkspaceBuildByWorkspaceID` \
+         compared with the agent's build — two statements per authentication, each on its own pooled \
+         connection. It runs on a second database with the same registrations whose prior-build agents are \
+         soft-deleted (`fixtures::soft_delete_prior_agents`, what Coder's migration 000498 does), the state \
+         Coder main keeps; idgate is measured on the database above, where they are not (its worst case). \
+         Latencies are from their own alternating rounds (5 × 100 resolutions each, sequential, one \
+         connection).\n\n\
+         | agents | earlier builds | statements idgate / Coder main | steady latency idgate | steady latency \
+         Coder main | Coder main / idgate | steady server time Coder main | without `agent_name`: Coder main |\n\
+         |---|---|---|---|---|---|---|---|\n",
+    );
+    for c in cells {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} / {} | {} | {} | {} | {} | {} |",
+            c.agents,
+            c.builds,
+            c.idgate_statements,
+            c.main.statements,
+            c.main.latency.0.show(),
+            c.main.latency.1.show(),
+            ratio(&c.main.latency.0, &c.main.latency.1),
+            c.main.server.show(),
+            c.main.unnamed,
+        );
+    }
     md
 }

@@ -3,6 +3,8 @@
 //! real router and against the same server path with the baseline resolution,
 //! each with a pool of 10 connections: once with 1,000 clients that connect at
 //! once and keep their connections, once with a new connection per request.
+//! Coder main's pattern runs on a copy of the registrations with prior-build
+//! agents soft-deleted.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -11,9 +13,11 @@ use std::time::Duration;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
-use crate::cluster::BenchCluster;
+use crate::cluster::{BenchCluster, CODER_MAIN_DATABASE};
 use crate::fixtures::{register, Group};
-use crate::http_load::{drive_with, serve_baseline, serve_idgate, state, Connections, Limit, Outcome, Request};
+use crate::http_load::{
+    drive_with, serve_baseline, serve_coder_main, serve_idgate, state, Connections, Limit, Outcome, Request,
+};
 use crate::stats::fmt;
 use crate::Http;
 
@@ -27,8 +31,10 @@ const NAMED: &str = "baseline, all named";
 const FRESH: &str = "idgate, fresh connections";
 /// The baseline's best case, every request on its own connection.
 const NAMED_FRESH: &str = "baseline, all named, fresh connections";
+/// Coder main's pattern on the soft-deleted copy.
+pub const CODER_MAIN: &str = "Coder main";
 /// Sides per round.
-const SIDES: usize = 5;
+const SIDES: usize = 6;
 /// Rounds per side (alternating).
 const ROUNDS: usize = 2;
 
@@ -85,11 +91,16 @@ pub fn run(rt: &tokio::runtime::Runtime, pg: &BenchCluster, http: &Http) -> anyh
     let setup = std::time::Instant::now();
     rt.block_on(async {
         let pool = pg.open(2).await?;
+        let main = pg.open_in(CODER_MAIN_DATABASE, 2).await?;
         for g in &groups {
             register(&pool, g).await?;
+            register(&main, g).await?;
         }
+        crate::fixtures::soft_delete_prior_agents(&main).await?;
         crate::fixtures::settle(&pool).await?;
+        crate::fixtures::settle(&main).await?;
         pool.close().await;
+        main.close().await;
         anyhow::Ok(())
     })?;
     let registered = setup.elapsed();
@@ -141,11 +152,18 @@ pub fn run(rt: &tokio::runtime::Runtime, pg: &BenchCluster, http: &Http) -> anyh
     let runs = rt.block_on(async {
         let ours = serve_idgate(state(http.sandbox.clone(), &http.file, pg.open(POOL).await?)?).await?;
         let theirs = serve_baseline(state(http.sandbox.clone(), &http.file, pg.baseline_pool(POOL).await?)?).await?;
+        let main = serve_coder_main(state(
+            http.sandbox.clone(),
+            &http.file,
+            pg.baseline_pool_in(CODER_MAIN_DATABASE, POOL).await?,
+        )?)
+        .await?;
         let mut runs = Vec::new();
         for round in 0..ROUNDS {
             let mut order: [(&'static str, &String, &Arc<Vec<Request>>, Connections); SIDES] = [
                 ("idgate", &ours, &requests, Connections::KeepAlive),
                 ("baseline", &theirs, &requests, Connections::KeepAlive),
+                (CODER_MAIN, &main, &requests, Connections::KeepAlive),
                 (NAMED, &theirs, &named, Connections::KeepAlive),
                 (FRESH, &ours, &requests, Connections::Fresh),
                 (NAMED_FRESH, &theirs, &named, Connections::Fresh),
@@ -163,7 +181,7 @@ pub fn run(rt: &tokio::runtime::Runtime, pg: &BenchCluster, http: &Http) -> anyh
                     .zip(overflows_before)
                     .map(|(after, before)| after.saturating_sub(before));
                 let statements = if pg.stat_statements {
-                    Some(pg.total().await?)
+                    Some(pg.total().await? + pg.total_in(CODER_MAIN_DATABASE).await?)
                 } else {
                     None
                 };
@@ -207,9 +225,10 @@ fn headline(runs: &[Run]) -> String {
         )
     };
     format!(
-        "Reconnect storm (10,000 AWS instances, {IN_FLIGHT} in flight, pool of {POOL}): {}; {}; {}; {}; {}.",
+        "Reconnect storm (10,000 AWS instances, {IN_FLIGHT} in flight, pool of {POOL}): {}; {}; {}; {}; {}; {}.",
         side("idgate"),
         side("baseline"),
+        side(CODER_MAIN),
         side(NAMED),
         side(FRESH),
         side(NAMED_FRESH)
@@ -261,7 +280,10 @@ fn report(total: usize, runs: &[Run], registered: Duration, minted: Duration) ->
          are the incident's `main, main, …` conflicts (single-agent instances whose old-build agents are still \
          candidates), its 503s are pool or request timeouts. *Baseline, all named* sends the same requests with \
          `agent_name: main` added to the single-agent ones, the baseline's best case (no 409s; the name is \
-         outside the signed document).\n\n",
+         outside the signed document). *Coder main* is Coder's handler after coder/coder#25031 \
+         (`baseline::resolve_coder_main`: the joined query, then the latest-build lookup, two statements) on a \
+         second database holding the same registrations with prior-build agents soft-deleted, as Coder main \
+         keeps them (#25207); the requests are the plain ones.\n\n",
     );
     md.push_str(
         "| round | side | answers | non-200 | p50 | p99 | max | wall time | statements (PostgreSQL) | per request | \
@@ -300,8 +322,9 @@ fn report(total: usize, runs: &[Run], registered: Duration, minted: Duration) ->
     let wall = |o: &Outcome| o.elapsed.as_secs_f64();
     let _ = writeln!(
         md,
-        "\nidgate's cost per request is flat (plugin verification plus one statement on a plan cached per \
-         connection), so its p50 is the queue: {IN_FLIGHT} in flight divided by the rate. Its tail is the first \
+        "\nidgate's cost per request is flat (plugin verification plus at most one statement on a plan cached \
+         per connection; while requests wait for the {POOL} connections they share statements, \
+         `idgate::db::batch`, hence fewer statements than requests), so its p50 is the queue: {IN_FLIGHT} in flight divided by the rate. Its tail is the first \
          wave: the first {IN_FLIGHT} requests open their connections at once, and the two cores spend the wave's \
          start on connection set-up, HTTP and verification for all of them while the {POOL} pooled connections \
          wait to be polled, so the wave's last answers come later than a steady-state request's. (Traced per \
@@ -311,7 +334,12 @@ fn report(total: usize, runs: &[Run], registered: Duration, minted: Duration) ->
          near or below idgate's; its tail is the instances with history, whose dozens to hundreds of statements \
          each queue for the same {POOL} connections."
     );
-    for (name, ours) in [("baseline", "idgate"), (NAMED, "idgate"), (NAMED_FRESH, FRESH)] {
+    for (name, ours) in [
+        ("baseline", "idgate"),
+        (NAMED, "idgate"),
+        (CODER_MAIN, "idgate"),
+        (NAMED_FRESH, FRESH),
+    ] {
         let _ = writeln!(
             md,
             "\nRatios {name} / {ours} (medians over rounds): p99 {:.1}×, wall time {:.1}×.",

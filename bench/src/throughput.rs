@@ -1,13 +1,14 @@
 //! Section 3: authentications per second and latency against the number of
-//! concurrent clients, for each provider, through idgate's real router.
+//! concurrent clients, for each provider, through idgate's real router; and
+//! for AWS through the same server path with Coder main's resolution pattern.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::cluster::BenchCluster;
+use crate::cluster::{BenchCluster, CODER_MAIN_DATABASE};
 use crate::fixtures::{register, Group};
-use crate::http_load::{drive, serve_idgate, state, Limit, Outcome, Request};
+use crate::http_load::{drive, serve_coder_main, serve_idgate, state, Limit, Outcome, Request};
 use crate::stats::fmt;
 use crate::Http;
 
@@ -17,6 +18,8 @@ pub const CLIENTS: [usize; 4] = [1, 16, 256, 1024];
 const CELL: Duration = Duration::from_millis(2500);
 /// Instances registered per provider (requests cycle over them).
 const INSTANCES: usize = 1000;
+/// The row of AWS requests served with Coder main's pattern.
+pub const AWS_CODER_MAIN: &str = "aws, Coder main's pattern";
 
 /// One cell.
 pub struct Point {
@@ -64,10 +67,12 @@ pub fn run(
             body,
         })
         .collect();
-    let sets: [(&'static str, Arc<Vec<Request>>); 3] = [
-        ("aws", Arc::new(aws)),
+    let aws = Arc::new(aws);
+    let sets: [(&'static str, Arc<Vec<Request>>); 4] = [
+        ("aws", aws.clone()),
         ("azure", Arc::new(azure)),
         ("gcp", Arc::new(gcp)),
+        (AWS_CODER_MAIN, aws),
     ];
 
     let points = rt.block_on(async {
@@ -77,11 +82,19 @@ pub fn run(
             pg.open(crate::storm::POOL).await?,
         )?)
         .await?;
+        // The storm registered its AWS instances in Coder main's database too.
+        let main = serve_coder_main(state(
+            http.sandbox.clone(),
+            &http.file,
+            pg.baseline_pool_in(CODER_MAIN_DATABASE, crate::storm::POOL).await?,
+        )?)
+        .await?;
         let mut points = Vec::new();
         for clients in CLIENTS {
             // Providers interleaved so drift on the machine spreads over all of them.
             for (provider, requests) in &sets {
-                let outcome = drive(&base, requests.clone(), clients, Limit::For(CELL)).await;
+                let server = if *provider == AWS_CODER_MAIN { &main } else { &base };
+                let outcome = drive(server, requests.clone(), clients, Limit::For(CELL)).await;
                 eprintln!(
                     "throughput: {provider} × {clients}: {:.0}/s, p50 {}, p99 {} ({})",
                     outcome.rate(),
@@ -112,7 +125,10 @@ fn report(points: &[Point]) -> String {
          instances). Credentials are test-made and genuinely signed: AWS signature form under a configured \
          certificate; Azure attested-data PKCS#7 from a `metadata.azure.com` leaf under a root configured in \
          `[azure] roots` (full CMS signature and chain checks); GCP RS256 tokens checked against a JWKS file \
-         (`[gcp] jwks_file`). Client and server share the machine's cores.\n",
+         (`[gcp] jwks_file`). Client and server share the machine's cores. *{AWS_CODER_MAIN}* sends the same AWS \
+         requests to the same server path (body parsing, the same plugin verification) with Coder main's \
+         resolution (`baseline::resolve_coder_main`, two statements, each on its own pooled connection from a \
+         pool of the same size) on the copy of the registrations whose prior-build agents are soft-deleted.\n",
         crate::storm::POOL,
         CELL.as_secs_f64()
     );

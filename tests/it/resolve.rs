@@ -955,3 +955,348 @@ async fn db_open_without_url_runs_the_embedded_cluster() {
         assert!(!idgate::db::embedded::is_running(&dir), "stopped on close");
     }
 }
+
+// ---- Shared statements under load (idgate::db::batch) ----------------------
+
+/// Resolves every request at once, each in its own task; answers in order.
+async fn resolve_all(pool: &PgPool, requests: &[(String, Option<String>)]) -> Vec<Resolution> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, (iid, name)) in requests.iter().cloned().enumerate() {
+        let pool = pool.clone();
+        tasks.spawn(async move { (i, resolve(&pool, &iid, name.as_deref()).await.expect("resolution")) });
+    }
+    let mut answers = vec![None; requests.len()];
+    while let Some(done) = tasks.join_next().await {
+        let (i, answer) = done.expect("resolution task");
+        answers[i] = Some(answer);
+    }
+    answers.into_iter().map(|a| a.expect("answered")).collect()
+}
+
+/// Executions of the resolution statements in database `name` so far: the
+/// single-ID one and the shared one (`pg_stat_statements`).
+async fn resolution_statements(name: &str) -> (i64, i64) {
+    let stats = pg::statement_stats(name)
+        .await
+        .expect("pg_stat_statements is installed");
+    let calls = |needle: &str| -> i64 { stats.iter().filter(|(q, _)| q.contains(needle)).map(|(_, n)| n).sum() };
+    (
+        calls("workspace_agents.auth_instance_id = $1::text"),
+        calls("workspace_agents.auth_instance_id = ANY($1::text[])"),
+    )
+}
+
+/// A pool like the server's with `max_connections` connections.
+async fn pool_of(db: &pg::TestDb, max_connections: u32) -> PgPool {
+    let settings = idgate::db::PoolSettings {
+        max_connections,
+        acquire_timeout: Duration::from_secs(10),
+        keep_warm: false,
+    };
+    idgate::db::pool::connect(
+        idgate::db::embedded::connect_options(&pg::cluster().dir, &db.name),
+        settings,
+    )
+    .await
+    .unwrap()
+}
+
+/// Hundreds of resolutions at once over two connections: single agents, by
+/// name, wrong names (404), several agents (409), unknown and deleted
+/// instances (404), rebuilt workspaces whose prior-build agents are not
+/// soft-deleted, sub-agents, and the same instance asked many times — mixed
+/// in the same statements. Each answer is the one a lone resolution gives,
+/// and the database ran far fewer statements than there were requests.
+#[tokio::test]
+async fn concurrent_resolutions_share_statements_and_answer_as_alone() {
+    let db = fresh_database().await;
+    let mut asked: Vec<(String, Option<String>)> = Vec::new();
+    for i in 0..30 {
+        let iid = instance_id();
+        add(&db.pool, &format!("solo-{i}"), &iid, "main").await;
+        for name in [None, Some("main"), Some("nope")] {
+            asked.push((iid.clone(), name.map(String::from)));
+        }
+    }
+    for i in 0..8 {
+        let iid = instance_id();
+        for name in ["gamma", "alpha", "beta"] {
+            add(&db.pool, &format!("multi-{i}"), &iid, name).await;
+        }
+        for name in [None, Some("beta"), Some(" alpha "), Some("delta")] {
+            asked.push((iid.clone(), name.map(String::from)));
+        }
+    }
+    for i in 0..4 {
+        let iid = instance_id();
+        add(&db.pool, &format!("rebuilt-{i}"), &iid, "dev").await;
+        add_agent(&db.pool, &format!("rebuilt-{i}"), &iid, "child", Some("dev")).await;
+        for _ in 0..3 {
+            registry::rebuild_workspace(&db.pool, &format!("rebuilt-{i}"))
+                .await
+                .unwrap();
+        }
+        asked.push((iid.clone(), None));
+        asked.push((iid, Some("child".into())));
+    }
+    for i in 0..3 {
+        let iid = instance_id();
+        add(&db.pool, &format!("gone-{i}"), &iid, "main").await;
+        registry::delete_workspace(&db.pool, &format!("gone-{i}"))
+            .await
+            .unwrap();
+        asked.push((iid, None));
+    }
+    for _ in 0..10 {
+        asked.push((instance_id(), None));
+    }
+    // Prior builds' agents back to not deleted: only the latest-build rule
+    // keeps them out, in the shared statement as in the single one.
+    undelete_all_agents(&db.pool).await;
+
+    let mut expected = Vec::new();
+    for (iid, name) in &asked {
+        expected.push(
+            idgate::db::resolve::resolve_alone(&db.pool, iid, name.as_deref())
+                .await
+                .unwrap(),
+        );
+    }
+    assert!(expected.iter().any(|r| matches!(r, Resolution::Token(..))));
+    assert!(expected.iter().any(|r| matches!(r, Resolution::Ambiguous(..))));
+    assert!(expected.iter().any(|r| matches!(r, Resolution::NoSuchName(..))));
+    assert!(expected.iter().any(|r| matches!(r, Resolution::NotFound(..))));
+
+    // Every request three times, interleaved (a fixed permutation).
+    let n = asked.len();
+    let order: Vec<usize> = (0..3 * n).map(|k| (k * 7919) % (3 * n) % n).collect();
+    let requests: Vec<(String, Option<String>)> = order.iter().map(|&i| asked[i].clone()).collect();
+    let pool = pool_of(&db, 2).await;
+    let (single_before, shared_before) = resolution_statements(&db.name).await;
+    let answers = resolve_all(&pool, &requests).await;
+    let (single_after, shared_after) = resolution_statements(&db.name).await;
+    for (k, answer) in answers.iter().enumerate() {
+        assert_eq!(answer, &expected[order[k]], "request {k}: {:?}", requests[k]);
+    }
+    let (single, shared) = (single_after - single_before, shared_after - shared_before);
+    println!(
+        "{} concurrent resolutions over 2 connections: {single} single-ID and {shared} shared statement(s)",
+        requests.len()
+    );
+    assert!(shared >= 1, "the shared statement ran");
+    assert!(
+        single + shared < requests.len() as i64 / 4,
+        "{} statements for {} requests",
+        single + shared,
+        requests.len()
+    );
+
+    // The shared statement ran on its one cached generic plan.
+    let mut conn = pool.acquire().await.unwrap();
+    let counts = idgate::db::plan::plan_counts_of(&mut conn, idgate::db::resolve::BATCH_SQL)
+        .await
+        .unwrap()
+        .expect("prepared with the connection");
+    assert_eq!(counts.custom, 0, "{counts:?}");
+    drop(conn);
+    pool.close().await;
+}
+
+/// Waves of concurrent resolutions with a rebuild of every workspace between
+/// them: every request of a wave gets the tokens of the latest rebuild, never
+/// one of an earlier wave.
+#[tokio::test]
+async fn a_rebuild_between_batches_is_seen_by_every_later_request() {
+    let db = fresh_database().await;
+    let mut workspaces = Vec::new();
+    for i in 0..24 {
+        let iid = instance_id();
+        let ws = format!("ws-{i}");
+        add(&db.pool, &ws, &iid, "main").await;
+        if i % 4 == 0 {
+            add(&db.pool, &ws, &iid, "side").await;
+        }
+        workspaces.push((ws, iid));
+    }
+    let pool = pool_of(&db, 2).await;
+    let mut seen = std::collections::HashSet::new();
+    for wave in 0..4 {
+        if wave > 0 {
+            for (ws, _) in &workspaces {
+                registry::rebuild_workspace(&db.pool, ws).await.unwrap();
+            }
+        }
+        let mut requests = Vec::new();
+        let mut expected = Vec::new();
+        for (ws, iid) in &workspaces {
+            let token = current_token(&db.pool, ws, "main").await;
+            for _ in 0..4 {
+                requests.push((iid.clone(), Some("main".to_string())));
+                expected.push(Resolution::Token(token, "main".into()));
+            }
+        }
+        let answers = resolve_all(&pool, &requests).await;
+        assert_eq!(answers, expected, "wave {wave}");
+        for answer in answers {
+            let Resolution::Token(token, _) = answer else {
+                unreachable!()
+            };
+            // Rebuilds give new tokens: a token of an earlier wave would repeat.
+            seen.insert((wave, token));
+        }
+    }
+    let tokens: std::collections::HashSet<_> = seen.iter().map(|(_, t)| *t).collect();
+    assert_eq!(tokens.len(), 4 * workspaces.len(), "each wave its own tokens");
+    pool.close().await;
+}
+
+/// A request that arrives while a statement is in flight is not answered by
+/// it: it waits for the next statement (taken together with the others that
+/// arrived meanwhile), which starts after the in-flight one ends. The
+/// in-flight statement is held on a table lock, so the order is certain.
+#[tokio::test]
+async fn a_request_arriving_during_a_statement_waits_for_the_next() {
+    use sqlx::{Connection, Executor};
+    let db = fresh_database().await;
+    let (first, second) = (instance_id(), instance_id());
+    let old = add(&db.pool, "first", &first, "main").await;
+    add(&db.pool, "second", &second, "main").await;
+    let pool = pool_of(&db, 1).await;
+    // Open the one connection (and prepare its statements) before locking.
+    assert_eq!(res(&pool, &first, None).await, Resolution::Token(old, "main".into()));
+    let (single_before, shared_before) = resolution_statements(&db.name).await;
+
+    let options = idgate::db::embedded::connect_options(&pg::cluster().dir, &db.name);
+    let mut locker = sqlx::PgConnection::connect_with(&options).await.unwrap();
+    locker.execute("BEGIN").await.unwrap();
+    locker
+        .execute("LOCK TABLE workspace_agents IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let in_flight = {
+        let (pool, iid) = (pool.clone(), first.clone());
+        tokio::spawn(async move { resolve(&pool, &iid, None).await.unwrap() })
+    };
+    // Wait (bounded) until that statement is at the server, blocked.
+    let mut blocked = false;
+    for _ in 0..500 {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock' \
+             AND query LIKE '%auth_instance_id = $1::text%'",
+        )
+        .bind(&db.name)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        if waiting == 1 {
+            blocked = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(blocked, "the first resolution never reached the lock");
+    let later: Vec<_> = [first.clone(), second.clone(), first.clone(), instance_id()]
+        .into_iter()
+        .map(|iid| {
+            let pool = pool.clone();
+            tokio::spawn(async move { resolve(&pool, &iid, None).await.unwrap() })
+        })
+        .collect();
+    // Let them queue (this runtime has one thread: they run before it resumes).
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    // A new token for `first`, committed before any later statement starts.
+    let new: Uuid = sqlx::query_scalar(
+        "UPDATE workspace_agents SET auth_token = gen_random_uuid() WHERE auth_instance_id = $1 RETURNING auth_token",
+    )
+    .bind(&first)
+    .fetch_one(&mut locker)
+    .await
+    .unwrap();
+    locker.execute("COMMIT").await.unwrap();
+
+    let answer = in_flight.await.unwrap();
+    assert!(
+        answer == Resolution::Token(old, "main".into()) || answer == Resolution::Token(new, "main".into()),
+        "{answer:?}"
+    );
+    let mut later_answers = Vec::new();
+    for task in later {
+        later_answers.push(task.await.unwrap());
+    }
+    assert_eq!(later_answers[0], Resolution::Token(new, "main".into()));
+    assert_eq!(later_answers[2], Resolution::Token(new, "main".into()));
+    assert!(matches!(later_answers[1], Resolution::Token(_, ref n) if n == "main"));
+    assert!(matches!(later_answers[3], Resolution::NotFound(_)));
+    let (single_after, shared_after) = resolution_statements(&db.name).await;
+    assert_eq!(
+        (single_after - single_before, shared_after - shared_before),
+        (1, 1),
+        "the first alone, then the four later ones in one shared statement"
+    );
+    locker.close().await.unwrap();
+    pool.close().await;
+}
+
+/// The shared statement's cached generic plan does its work per distinct
+/// workspace and uses indexes only, whatever the mix of IDs. Prints the plan
+/// (`-- --nocapture`).
+#[tokio::test]
+async fn the_shared_statement_uses_one_cached_plan_and_indexes() {
+    let db = fresh_database().await;
+    sqlx::raw_sql(
+        "INSERT INTO workspaces (id, name) SELECT md5('w' || w)::uuid, 'fleet-' || w FROM generate_series(1, 5000) w;
+         INSERT INTO provisioner_jobs (id, type, input)
+           SELECT md5('j' || w || '-' || b)::uuid, 'workspace_build', '{}'
+           FROM generate_series(1, 5000) w, generate_series(1, 3) b;
+         INSERT INTO workspace_builds (id, workspace_id, build_number, transition, job_id)
+           SELECT md5('b' || w || '-' || b)::uuid, md5('w' || w)::uuid, b, 'start', md5('j' || w || '-' || b)::uuid
+           FROM generate_series(1, 5000) w, generate_series(1, 3) b;
+         INSERT INTO workspace_resources (id, job_id, transition, type, name)
+           SELECT md5('r' || w || '-' || b)::uuid, md5('j' || w || '-' || b)::uuid, 'start', 'instance', 'vm'
+           FROM generate_series(1, 5000) w, generate_series(1, 3) b;
+         INSERT INTO workspace_agents (id, name, resource_id, auth_token, auth_instance_id, deleted)
+           SELECT md5('a' || w || '-' || b)::uuid, 'main', md5('r' || w || '-' || b)::uuid,
+                  gen_random_uuid(), 'i-fleet-' || w, b < 3
+           FROM generate_series(1, 5000) w, generate_series(1, 3) b;
+         ANALYZE;",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let pool = pool_of(&db, 1).await;
+    let mut conn = pool.acquire().await.unwrap();
+    let ids = ["i-fleet-7", "i-fleet-4242", "i-fleet-4999", "i-nobody"];
+    for _ in 0..6 {
+        let rows = idgate::db::resolve::fetch_many(&mut conn, &ids).await.unwrap();
+        let tagged: Vec<&str> = rows.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(tagged.len(), 3, "{tagged:?}");
+        for id in &ids[..3] {
+            assert!(tagged.contains(id), "{id} in {tagged:?}");
+        }
+    }
+    let counts = idgate::db::plan::plan_counts_of(&mut conn, idgate::db::resolve::BATCH_SQL)
+        .await
+        .unwrap()
+        .expect("prepared");
+    assert_eq!(counts, idgate::db::plan::PlanCounts { generic: 6, custom: 0 });
+    let plan = idgate::db::plan::explain_cached_batch(&mut conn, &ids).await.unwrap();
+    let text = plan.join("\n");
+    println!("EXPLAIN EXECUTE (shared statement, 4 IDs):\n{text}");
+    assert!(!text.contains("Seq Scan"), "{text}");
+    assert!(text.contains("workspace_agents_auth_instance_id_deleted_idx"), "{text}");
+    // One latest-build probe per distinct workspace (three here).
+    let probes = plan
+        .iter()
+        .find(|l| l.contains("workspace_builds latest"))
+        .unwrap_or_else(|| panic!("no latest-build probe in\n{text}"));
+    assert!(probes.contains("loops=3)"), "{probes}");
+    let after = idgate::db::plan::plan_counts_of(&mut conn, idgate::db::resolve::BATCH_SQL)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(after.custom, 0);
+    drop(conn);
+    pool.close().await;
+}

@@ -2,6 +2,7 @@
 //! one-statement agent resolution, the registration commands' SQL, and the
 //! embedded cluster used when no database URL is configured.
 
+pub mod batch;
 pub mod embedded;
 pub mod kind;
 pub mod plan;

@@ -11,7 +11,8 @@
 //! planned once, at its first execution on the connection, and that plan is
 //! reused until PostgreSQL invalidates it (after `ANALYZE` or DDL on a table
 //! it reads, when it is rebuilt once). [`crate::db::resolve::RESOLVE_SQL`] is
-//! written so that this one plan is cheap for every data shape.
+//! written so that this one plan is cheap for every data shape, and so is the
+//! shared statement [`crate::db::resolve::BATCH_SQL`], planned once too.
 //!
 //! A session setting is not a write: it works unchanged against a Coder
 //! database, with a read-only role, and on a standby. It is sent with `SET`
@@ -23,7 +24,7 @@
 
 use sqlx::{PgConnection, Row};
 
-use crate::db::resolve::RESOLVE_SQL;
+use crate::db::resolve::{BATCH_SQL, RESOLVE_SQL};
 
 /// The session setting every pooled connection runs before its first statement.
 pub const SESSION_SETTING: &str = "SET plan_cache_mode = force_generic_plan";
@@ -41,8 +42,13 @@ pub struct PlanCounts {
 /// The server-side name of the resolution statement on `conn`, if it is
 /// prepared there.
 pub async fn statement_name(conn: &mut PgConnection) -> Result<Option<String>, sqlx::Error> {
+    statement_name_of(conn, RESOLVE_SQL).await
+}
+
+/// The server-side name of statement `sql` on `conn`, if it is prepared there.
+pub async fn statement_name_of(conn: &mut PgConnection, sql: &str) -> Result<Option<String>, sqlx::Error> {
     sqlx::query_scalar("SELECT name FROM pg_prepared_statements WHERE statement = $1")
-        .bind(RESOLVE_SQL)
+        .bind(sql)
         .fetch_optional(conn)
         .await
 }
@@ -50,8 +56,13 @@ pub async fn statement_name(conn: &mut PgConnection) -> Result<Option<String>, s
 /// How often the resolution statement on `conn` ran on its generic plan and
 /// on custom plans; `None` if it is not prepared there.
 pub async fn plan_counts(conn: &mut PgConnection) -> Result<Option<PlanCounts>, sqlx::Error> {
+    plan_counts_of(conn, RESOLVE_SQL).await
+}
+
+/// [`plan_counts`] of statement `sql` (for example [`BATCH_SQL`]).
+pub async fn plan_counts_of(conn: &mut PgConnection, sql: &str) -> Result<Option<PlanCounts>, sqlx::Error> {
     let row = sqlx::query("SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE statement = $1")
-        .bind(RESOLVE_SQL)
+        .bind(sql)
         .fetch_optional(conn)
         .await?;
     row.map(|r| {
@@ -68,13 +79,27 @@ pub async fn plan_counts(conn: &mut PgConnection) -> Result<Option<PlanCounts>, 
 /// `EXPLAIN EXECUTE` of the connection's own prepared statement. Fails if the
 /// statement is not prepared on `conn`.
 pub async fn explain_cached(conn: &mut PgConnection, instance_id: &str) -> Result<Vec<String>, sqlx::Error> {
-    let name = statement_name(conn)
+    explain_execute(conn, RESOLVE_SQL, &sql_literal(instance_id)).await
+}
+
+/// [`explain_cached`] for the shared statement ([`BATCH_SQL`]) of the
+/// instance IDs `instance_ids`.
+pub async fn explain_cached_batch(conn: &mut PgConnection, instance_ids: &[&str]) -> Result<Vec<String>, sqlx::Error> {
+    let items: Vec<String> = instance_ids.iter().map(|id| sql_literal(id)).collect();
+    explain_execute(conn, BATCH_SQL, &format!("ARRAY[{}]::text[]", items.join(", "))).await
+}
+
+/// A string as an SQL literal (EXECUTE takes its arguments as expressions).
+fn sql_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+async fn explain_execute(conn: &mut PgConnection, sql: &str, argument: &str) -> Result<Vec<String>, sqlx::Error> {
+    let name = statement_name_of(conn, sql)
         .await?
         .ok_or_else(|| sqlx::Error::Protocol("the resolution statement is not prepared on this connection".into()))?;
-    // EXECUTE takes its arguments as SQL expressions: quote the literal.
-    let literal = format!("'{}'", instance_id.replace('\'', "''"));
     let sql = format!(
-        "EXPLAIN (ANALYZE, BUFFERS) EXECUTE \"{}\"({literal})",
+        "EXPLAIN (ANALYZE, BUFFERS) EXECUTE \"{}\"({argument})",
         name.replace('"', "\"\"")
     );
     let rows = sqlx::raw_sql(&sql).fetch_all(conn).await?;

@@ -8,8 +8,10 @@
 //! changed here:
 //! - sqlx prepares a statement (Parse/Describe/Sync, one round trip) the first
 //!   time a connection runs it. Every new connection therefore prepares
-//!   [`RESOLVE_SQL`] once in `after_connect`, as part of connection set-up;
-//!   from then on a resolution is a single Bind/Execute/Close/Sync exchange.
+//!   [`RESOLVE_SQL`] and [`BATCH_SQL`] (the shared statement of
+//!   [`crate::db::batch`]) once in `after_connect`, as part of connection
+//!   set-up; from then on a resolution, alone or in a batch, is a single
+//!   Bind/Execute/Close/Sync exchange.
 //! - `test_before_acquire` pings (a bare Sync, one round trip) each idle
 //!   connection before handing it out. It is turned off; a connection found
 //!   dead by a resolution's own query is retried once on a fresh connection
@@ -26,7 +28,7 @@ use sqlx::{Executor, PgPool};
 
 use crate::db::kind::DatabaseKind;
 use crate::db::plan::SESSION_SETTING;
-use crate::db::resolve::RESOLVE_SQL;
+use crate::db::resolve::{BATCH_SQL, RESOLVE_SQL};
 
 /// Pool sizing and the wait for a free connection, and which kind of database
 /// the pool opens.
@@ -82,6 +84,7 @@ pub async fn connect(options: PgConnectOptions, settings: PoolSettings) -> Resul
             Box::pin(async move {
                 conn.execute(SESSION_SETTING).await?;
                 conn.prepare(RESOLVE_SQL).await?;
+                conn.prepare(BATCH_SQL).await?;
                 Ok(())
             })
         })

@@ -1,13 +1,15 @@
 //! Instance ID (+ optional agent name) → the agent's session token.
 //!
 //! One SQL statement fetches every candidate; the choice between them (and the
-//! Coder-compatible 404 / 409 messages) is made in memory by [`select`].
+//! Coder-compatible 404 / 409 messages) is made in memory by [`select`]. Under
+//! load the statement is shared: authentications waiting for a connection go
+//! to the database together, in one [`BATCH_SQL`] (see [`crate::db::batch`]).
 
 use std::future::Future;
 use std::pin::Pin;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use sqlx::{PgPool, Row};
+use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
 /// The one statement of a resolution: root, non-deleted agents carrying the
@@ -68,6 +70,46 @@ WHERE provisioner_jobs.type = 'workspace_build'
   AND workspace_agents.parent_id IS NULL
 ORDER BY workspace_agents.created_at DESC, workspace_agents.id";
 
+/// [`RESOLVE_SQL`] for several instance IDs at once (`$1::text[]`, at most
+/// [`crate::db::batch::MAX_BATCH`] distinct IDs), each row tagged with its
+/// agent's instance ID. Same joins, same predicates, same order; an agent is
+/// returned for ID `x` exactly when [`RESOLVE_SQL`] returns it for `x` alone:
+/// a resource found through any ID of the batch holds only agents whose own
+/// instance ID also finds it. The rows of one ID keep their relative order.
+///
+/// `= ANY($1::text[])` is served by the same `(auth_instance_id, deleted)`
+/// index (one probe per ID), and the plan is generic like [`RESOLVE_SQL`]'s.
+pub const BATCH_SQL: &str = "\
+WITH candidate_builds AS MATERIALIZED (
+  SELECT workspace_resources.id AS resource_id, workspace_resources.job_id,
+         workspace_builds.workspace_id, workspace_builds.build_number
+  FROM workspace_resources
+  JOIN workspace_builds ON workspace_builds.job_id = workspace_resources.job_id
+  WHERE workspace_resources.id IN (
+    SELECT candidate.resource_id FROM workspace_agents AS candidate
+    WHERE candidate.auth_instance_id = ANY($1::text[])
+      AND candidate.deleted = FALSE
+      AND candidate.parent_id IS NULL)
+), latest_builds AS MATERIALIZED (
+  SELECT workspaces.id AS workspace_id,
+         (SELECT max(latest.build_number) FROM workspace_builds AS latest
+          WHERE latest.workspace_id = workspaces.id) AS build_number
+  FROM workspaces
+  WHERE workspaces.id IN (SELECT candidate_builds.workspace_id FROM candidate_builds)
+    AND workspaces.deleted = FALSE
+)
+SELECT workspace_agents.auth_instance_id, workspace_agents.name, workspace_agents.auth_token
+FROM candidate_builds
+JOIN latest_builds ON latest_builds.workspace_id = candidate_builds.workspace_id
+  AND latest_builds.build_number = candidate_builds.build_number
+JOIN provisioner_jobs ON provisioner_jobs.id = candidate_builds.job_id
+JOIN workspace_agents ON workspace_agents.resource_id = candidate_builds.resource_id
+WHERE provisioner_jobs.type = 'workspace_build'
+  AND workspace_agents.auth_instance_id = ANY($1::text[])
+  AND workspace_agents.deleted = FALSE
+  AND workspace_agents.parent_id IS NULL
+ORDER BY workspace_agents.created_at DESC, workspace_agents.id";
+
 /// The outcome of a resolution. The messages are Coder's, ready for the
 /// response body.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,9 +133,11 @@ pub struct Candidate {
     pub auth_token: Uuid,
 }
 
-/// Resolves an instance ID to one agent with a single round trip to the
-/// database. On connections from [`crate::db::pool::connect`] the statement is
-/// already prepared, so this is one Bind/Execute/Sync exchange.
+/// Resolves an instance ID to one agent with one statement, shared with the
+/// other resolutions waiting for a connection at the time (see
+/// [`crate::db::batch`]); alone when nothing else waits. On connections from
+/// [`crate::db::pool::connect`] the statements are already prepared, so this is
+/// one Bind/Execute/Sync exchange.
 ///
 /// The pool does not ping connections before use (that would be a second round
 /// trip); a connection that turns out to be dead (server restarted) fails with
@@ -103,21 +147,31 @@ pub async fn resolve(pool: &PgPool, instance_id: &str, agent_name: Option<&str>)
     Ok(resolve_measured(pool, instance_id, agent_name).await?.0)
 }
 
-/// [`resolve`], also returning how long it waited for a pooled connection (the
-/// server's `pool_wait_seconds` metric).
+/// [`resolve`], also returning how long it waited for its statement to start
+/// (a pooled connection, or a place in a batch: the server's
+/// `pool_wait_seconds` metric).
 pub async fn resolve_measured(
     pool: &PgPool,
     instance_id: &str,
     agent_name: Option<&str>,
 ) -> Result<(Resolution, Duration), sqlx::Error> {
+    let (candidates, waited) = crate::db::batch::candidates(pool, instance_id).await?;
+    Ok((select(instance_id, agent_name, candidates), waited))
+}
+
+/// [`resolve`] without sharing: this request's own connection and its own
+/// [`RESOLVE_SQL`], whatever else is waiting. For comparisons (tests, the
+/// benchmarks); the server uses [`resolve`].
+pub async fn resolve_alone(
+    pool: &PgPool,
+    instance_id: &str,
+    agent_name: Option<&str>,
+) -> Result<Resolution, sqlx::Error> {
     let mut attempts = 0;
-    let mut waited = Duration::ZERO;
-    let rows = loop {
+    let candidates = loop {
         attempts += 1;
-        let started = Instant::now();
         let mut conn = pool.acquire().await?;
-        waited += started.elapsed();
-        match sqlx::query(RESOLVE_SQL).bind(instance_id).fetch_all(&mut *conn).await {
+        match fetch_one(&mut conn, instance_id).await {
             Err(sqlx::Error::Io(e)) if attempts < 3 => {
                 // Do not return a dead connection to the pool.
                 conn.close_on_drop();
@@ -126,16 +180,40 @@ pub async fn resolve_measured(
             other => break other?,
         }
     };
-    let candidates = rows
-        .iter()
+    Ok(select(instance_id, agent_name, candidates))
+}
+
+/// The candidates of one instance ID ([`RESOLVE_SQL`]), in query order.
+pub async fn fetch_one(conn: &mut PgConnection, instance_id: &str) -> Result<Vec<Candidate>, sqlx::Error> {
+    let rows = sqlx::query(RESOLVE_SQL).bind(instance_id).fetch_all(conn).await?;
+    rows.iter()
         .map(|row| {
             Ok(Candidate {
                 name: row.try_get(0)?,
                 auth_token: row.try_get(1)?,
             })
         })
-        .collect::<Result<Vec<_>, sqlx::Error>>()?;
-    Ok((select(instance_id, agent_name, candidates), waited))
+        .collect()
+}
+
+/// The candidates of several distinct instance IDs ([`BATCH_SQL`]), each
+/// tagged with its instance ID, in query order.
+pub async fn fetch_many(
+    conn: &mut PgConnection,
+    instance_ids: &[&str],
+) -> Result<Vec<(String, Candidate)>, sqlx::Error> {
+    let rows = sqlx::query(BATCH_SQL).bind(instance_ids).fetch_all(conn).await?;
+    rows.iter()
+        .map(|row| {
+            Ok((
+                row.try_get(0)?,
+                Candidate {
+                    name: row.try_get(1)?,
+                    auth_token: row.try_get(2)?,
+                },
+            ))
+        })
+        .collect()
 }
 
 /// The future a [`Resolver`] returns.
