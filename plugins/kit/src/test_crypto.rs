@@ -1,4 +1,4 @@
-//! A test-only [`Crypto`] built on RustCrypto (`rsa`, `dsa`, `sha1`, `sha2`), so
+//! A test-only [`Crypto`] built on RustCrypto (`rsa`, `dsa`, `p256`, `sha1`, `sha2`), so
 //! plugin verifiers can be unit-tested natively without the host crate. Enabled
 //! by the `test-crypto` feature, which only dev-dependencies turn on.
 
@@ -7,7 +7,8 @@ use sha2::Digest as _;
 
 use crate::{Crypto, DigestAlgorithm, SignatureAlgorithm};
 
-/// RustCrypto stand-in for the host: RSA PKCS#1 v1.5 and DSA-SHA1, same key-size rules.
+/// RustCrypto stand-in for the host: RSA PKCS#1 v1.5, DSA-SHA1 and ECDSA P-256
+/// (DER signatures), same key-size rules.
 pub struct TestCrypto;
 
 impl Crypto for TestCrypto {
@@ -27,6 +28,14 @@ impl Crypto for TestCrypto {
                 return Ok(false);
             };
             return Ok(key.verify_digest(sha1::Sha1::new_with_prefix(message), &sig).is_ok());
+        }
+        if algorithm == S::EcdsaP256Sha256 {
+            use p256::ecdsa::signature::Verifier;
+            let key = p256::ecdsa::VerifyingKey::from_public_key_der(spki_der).map_err(|e| e.to_string())?;
+            let Ok(sig) = p256::ecdsa::Signature::from_der(signature) else {
+                return Ok(false);
+            };
+            return Ok(key.verify(message, &sig).is_ok());
         }
         let key = rsa::RsaPublicKey::from_public_key_der(spki_der).map_err(|e| e.to_string())?;
         let min_bits = if algorithm == S::Rsa1024Pkcs1Sha256 { 1024 } else { 2048 };
