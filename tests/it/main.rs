@@ -7,6 +7,7 @@ mod azure_trust;
 mod faults;
 mod gcp;
 mod http;
+mod oidc;
 mod plugin_trust;
 mod replicas;
 mod resolve;
