@@ -33,4 +33,5 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("azure", targets::azure),
     ("azure_pkcs7", targets::azure_pkcs7),
     ("gcp", targets::gcp),
+    ("oidc", targets::oidc),
 ];

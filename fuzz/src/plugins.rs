@@ -40,3 +40,20 @@ pub fn gcp_config() -> &'static str {
 }
 /// 2024-05-17T16:30:00Z, between the genuine token's `iat` and `exp`.
 pub const GCP_NOW: i64 = 1_715_963_400;
+
+/// OIDC: cluster A of the component tests, with the test-made key set of
+/// `data/oidc/jwks.json` (an RSA and a P-256 key; the seeds in `corpus/oidc` are
+/// tokens they signed), the pod UID as instance ID and a namespace allow-list.
+pub fn oidc_config() -> &'static str {
+    static CONFIG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    CONFIG.get_or_init(|| {
+        format!(
+            r#"{{"issuer": "https://kubernetes.default.svc.cluster.local", "audience": "idgate",
+                "instance_id_claim": "kubernetes.io.pod.uid",
+                "allowed_claims": {{"kubernetes.io.namespace": ["agents"]}}, "jwks": {}}}"#,
+            include_str!("../data/oidc/jwks.json").trim()
+        )
+    })
+}
+/// 2025-06-15T15:06:40Z, inside the seed tokens' hour.
+pub const OIDC_NOW: i64 = 1_750_000_000;

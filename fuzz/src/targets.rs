@@ -8,6 +8,7 @@ use idgate_plugin_aws::Aws;
 use idgate_plugin_azure::Azure;
 use idgate_plugin_gcp::Gcp;
 use idgate_plugin_kit::{ber, encoding, pem, signed_data, Provider};
+use idgate_plugin_oidc::Oidc;
 use x509_cert::Certificate;
 
 use crate::{plugins, NativeCrypto};
@@ -127,6 +128,13 @@ pub fn gcp(data: &[u8]) {
     static CONFIG: OnceLock<<Gcp as Provider>::Config> = OnceLock::new();
     let config = CONFIG.get_or_init(|| plugins::configure::<Gcp>(plugins::gcp_config()));
     plugin::<Gcp>(data, config, plugins::GCP_NOW);
+}
+
+/// The OIDC verifier on the input as the credential JSON.
+pub fn oidc(data: &[u8]) {
+    static CONFIG: OnceLock<<Oidc as Provider>::Config> = OnceLock::new();
+    let config = CONFIG.get_or_init(|| plugins::configure::<Oidc>(plugins::oidc_config()));
+    plugin::<Oidc>(data, config, plugins::OIDC_NOW);
 }
 
 /// The contract's promises hold whatever the credential: no panic, and an accepted

@@ -8,6 +8,7 @@ use idgate_fuzz::{plugins, TARGETS};
 use idgate_plugin_aws::Aws;
 use idgate_plugin_azure::Azure;
 use idgate_plugin_gcp::Gcp;
+use idgate_plugin_oidc::Oidc;
 
 fn corpus(target: &str) -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus").join(target);
@@ -67,4 +68,15 @@ fn the_targets_setup_accepts_the_genuine_credentials() {
     )
     .unwrap();
     assert_eq!(gcp.instance_id, "8418160715288427941");
+    let oidc = plugins::configure::<Oidc>(plugins::oidc_config());
+    for (seed, pod) in [
+        ("k8s_rs256.jwt", "778a530c-b3f4-47c0-9cd5-ab018fb64f33"),
+        ("k8s_es256.jwt", "1d0f2a64-5b9e-4c3a-8f7d-2e6b1a0c9d8e"),
+    ] {
+        let token =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("data/oidc").join(seed)).unwrap();
+        let credential = serde_json::json!({ "token": token.trim() }).to_string();
+        let id = plugins::verify::<Oidc>(&oidc, &credential, plugins::OIDC_NOW).unwrap();
+        assert_eq!(id.instance_id, pod, "{seed}");
+    }
 }

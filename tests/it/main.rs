@@ -11,6 +11,7 @@ mod faults;
 mod gcp;
 mod http;
 mod mounts;
+mod oidc;
 mod plugin_trust;
 mod replicas;
 mod resolve;

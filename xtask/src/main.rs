@@ -27,6 +27,7 @@ const PLUGINS: &[(&str, &str, bool)] = &[
     ("aws", "idgate-plugin-aws", false),
     ("azure", "idgate-plugin-azure", false),
     ("gcp", "idgate-plugin-gcp", false),
+    ("oidc", "idgate-plugin-oidc", false),
     ("misbehave", "idgate-fixture-misbehave", true),
 ];
 
@@ -363,6 +364,8 @@ fn ci() -> Result {
         "idgate-plugin-azure",
         "-p",
         "idgate-plugin-gcp",
+        "-p",
+        "idgate-plugin-oidc",
         "--",
         "-D",
         "warnings",
@@ -387,6 +390,7 @@ fn fuzz(args: &[String]) -> Result {
         "azure",
         "azure_pkcs7",
         "gcp",
+        "oidc",
     ];
     let (mut targets, mut replay, mut limits, mut extra) = (Vec::new(), false, Vec::new(), Vec::new());
     let mut it = args.iter();

@@ -31,8 +31,9 @@ use serde_json::Value;
 pub const DEFAULT_JWKS_URL: &str = "https://www.googleapis.com/oauth2/v3/certs";
 
 /// What the GCP plugin's reason contains when the token's `kid` is not in the
-/// key set it was given (`plugins/gcp/src/key_set.rs`, `UNKNOWN_KID_PREFIX`).
-pub const UNKNOWN_KID_MARKER: &str = "unknown signing key id";
+/// key set it was given (the kit's `jwk::UNKNOWN_KID_PREFIX`, which every JWT
+/// plugin built on the kit uses).
+pub const UNKNOWN_KID_MARKER: &str = idgate_plugin_kit::jwk::UNKNOWN_KID_PREFIX;
 
 /// `[gcp]` keys that configure this cache and are not passed to the plugin.
 pub const HOST_KEYS: [&str; 3] = ["jwks_url", "jwks_file", "jwks_min_refresh_secs"];

@@ -4,7 +4,7 @@ use idgate_plugin_kit::VerifyError;
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 
-use crate::key_set::KeySet;
+use idgate_plugin_kit::jwk::KeySet;
 
 /// The audience Coder's agent asks the metadata server for.
 pub const DEFAULT_AUDIENCE: &str = "coder";

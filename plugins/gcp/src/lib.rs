@@ -3,23 +3,20 @@
 //!
 //! The token's signature is checked with Google's keys, which the host fetches,
 //! caches and hands over on every call through the `host-keys` import (they
-//! rotate, so they are not part of the configured snapshot); the RSA arithmetic
+//! rotate, so they are not part of the configured snapshot); the token is read
+//! by the kit's JWT verifier (`idgate_plugin_kit::jwt`) and the RSA arithmetic
 //! is done by the host through the crypto import. See README.md for the configuration.
 
 mod config;
-mod jwt_crypto;
-mod key_set;
-mod rsa_spki;
 mod token;
 
 use idgate_plugin_kit::{Crypto, Identity, Provider, VerifyError};
 use serde::Deserialize;
 
 pub use config::{DEFAULT_AUDIENCE, DEFAULT_SKEW_SECS};
-pub use key_set::UNKNOWN_KID_PREFIX;
-
+pub use idgate_plugin_kit::jwk::UNKNOWN_KID_PREFIX;
 /// Largest token accepted; Google's are about 1 KiB.
-pub const MAX_TOKEN_LEN: usize = 16 * 1024;
+pub use idgate_plugin_kit::jwt::MAX_TOKEN_LEN;
 
 /// The GCP provider.
 pub struct Gcp;
@@ -62,8 +59,7 @@ impl Provider for Gcp {
         }
 
         let keys = config.key_set(idgate_plugin_kit::host_keys::key_set().as_deref())?;
-        let claims = token::verify(crypto, token, config, &keys)?;
-        check_times(claims.exp, claims.iat, now, config.skew_secs)?;
+        let claims = token::verify(crypto, token, config, &keys, now)?;
 
         let vm = claims.google.and_then(|g| g.compute_engine);
         let Some(vm) = vm.filter(|vm| vm.instance_id.as_deref().is_some_and(|id| !id.is_empty())) else {
@@ -86,34 +82,6 @@ impl Provider for Gcp {
             }
         }
         Ok(identity)
-    }
-}
-
-/// `exp` must not have passed and `iat` must not lie ahead, both give or take `skew`.
-fn check_times(exp: i64, iat: i64, now: i64, skew: i64) -> Result<(), VerifyError> {
-    if now > exp.saturating_add(skew) {
-        return Err(VerifyError::Expired(format!(
-            "token expired at {} (now {}, skew {skew}s)",
-            when(exp),
-            when(now)
-        )));
-    }
-    if iat > now.saturating_add(skew) {
-        return Err(VerifyError::Expired(format!(
-            "token issued in the future at {} (now {}, skew {skew}s)",
-            when(iat),
-            when(now)
-        )));
-    }
-    Ok(())
-}
-
-/// A time for messages: RFC 3339 within years 0..=9999, else raw seconds.
-fn when(unix: i64) -> String {
-    if (-62_167_219_200..=253_402_300_799).contains(&unix) {
-        idgate_plugin_kit::time::format_rfc3339(unix)
-    } else {
-        format!("{unix} (Unix seconds)")
     }
 }
 

@@ -3,7 +3,7 @@
 //! A provider plugin implements [`Provider`] with ordinary Rust types and calls
 //! [`export_provider!`]; this crate owns the generated WebAssembly bindings, the
 //! conversion to and from the contract's types, and the small helpers every
-//! verifier needs (PEM, base64, time). Because the verifier logic only sees the
+//! verifier needs (PEM, base64, time; JWT and JWK for token verifiers). Because the verifier logic only sees the
 //! [`Crypto`] trait (and [`host_keys`], [`issuers`]), the same code also runs
 //! natively (the host's benchmarks compare the two).
 //!
@@ -18,6 +18,8 @@ pub mod certificate;
 pub mod encoding;
 pub mod host_keys;
 pub mod issuers;
+pub mod jwk;
+pub mod jwt;
 pub mod pem;
 pub mod signed_data;
 pub mod time;

@@ -99,6 +99,16 @@ pub fn format_rfc3339(unix: i64) -> String {
     )
 }
 
+/// A time for messages: RFC 3339 within years 0..=9999, else raw seconds (a
+/// token can carry any integer).
+pub fn describe(unix: i64) -> String {
+    if (-62_167_219_200..=253_402_300_799).contains(&unix) {
+        format_rfc3339(unix)
+    } else {
+        format!("{unix} (Unix seconds)")
+    }
+}
+
 /// Unix seconds of an X.509 `Time` (UTCTime or GeneralizedTime).
 pub fn x509_unix(time: &x509_cert::time::Time) -> i64 {
     time.to_unix_duration().as_secs() as i64
@@ -115,6 +125,8 @@ mod tests {
         assert_eq!(parse_rfc3339("2024-05-17T18:19:47.123+02:00"), Some(1_715_962_787));
         assert_eq!(format_rfc3339(1_715_962_787), "2024-05-17T16:19:47Z");
         assert_eq!(format_rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(describe(0), "1970-01-01T00:00:00Z");
+        assert_eq!(describe(i64::MAX), format!("{} (Unix seconds)", i64::MAX));
     }
 
     #[test]
