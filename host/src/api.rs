@@ -385,6 +385,11 @@ fn verify_error(state: &AppState, route: &Route<'_>, e: AuthError) -> ApiError {
         AuthError::Call(CallError::Rejected(e)) => {
             let detail = Some(e.reason().to_string());
             match e {
+                // Coder answers every credential its validator cannot use with
+                // 401, undecodable ones included; other mounts say 400.
+                VerifyError::Malformed(_) if crate::mounts::coder_route(route.provider).is_some() => {
+                    ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", invalid, detail)
+                }
                 VerifyError::Malformed(_) => ApiError::new(StatusCode::BAD_REQUEST, "bad_request", invalid, detail),
                 VerifyError::BadSignature(_) | VerifyError::UntrustedSigner(_) | VerifyError::Expired(_) => {
                     ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", invalid, detail)
