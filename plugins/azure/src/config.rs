@@ -50,7 +50,7 @@ impl Config {
             crate::trust::builtin().map_err(|e| VerifyError::BadConfig(format!("built-in Azure certificates: {e}")))?;
         let mut builtin_roots = builtin.store.roots.clone();
         let mut roots_current = builtin.roots_current.clone();
-        if raw.pin_microsoft_root_g2.unwrap_or(false) {
+        if raw.pin_microsoft_root_g2.unwrap_or(true) {
             builtin_roots.push(builtin.microsoft_root_g2.clone());
             roots_current.push(true);
         }
@@ -145,9 +145,11 @@ mod tests {
         let c = Config::parse("{}").unwrap();
         assert!(c.check_expires_on && c.roots.is_empty() && c.allowed_subscriptions.is_none());
         assert!(!Config::parse(r#"{"check_expires_on":false}"#).unwrap().check_expires_on);
-        // Root G2 (self-signed) is pinned only on request.
+        // Root G2 (self-signed) is pinned unless turned off.
         let pinned = Config::parse(r#"{"pin_microsoft_root_g2":true}"#).unwrap();
-        assert_eq!(pinned.store.roots.len(), c.store.roots.len() + 1);
+        let unpinned = Config::parse(r#"{"pin_microsoft_root_g2":false}"#).unwrap();
+        assert_eq!(pinned.store.roots.len(), c.store.roots.len());
+        assert_eq!(pinned.store.roots.len(), unpinned.store.roots.len() + 1);
         let anchors = pinned.trust_anchors();
         assert!(anchors
             .iter()

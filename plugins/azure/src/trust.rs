@@ -32,9 +32,10 @@ pub const ROOTS: [BuiltinFile; 3] = [
     cert!("baltimore_cybertrust_root.pem", false),
 ];
 
-/// Microsoft TLS RSA Root G2, self-signed: pinned only when the operator sets
-/// `pin_microsoft_root_g2` (the cross-signed copy below already links it to
-/// DigiCert Global Root G2, until 2029-06-19).
+/// Microsoft TLS RSA Root G2, self-signed: pinned unless the operator sets
+/// `pin_microsoft_root_g2 = false` (the spec pins it; the cross-signed copy
+/// below also links it to DigiCert Global Root G2, until 2029-06-19, so paths
+/// exist either way and outlive the cross-sign with the pin).
 pub const MICROSOFT_ROOT_G2: BuiltinFile = cert!("microsoft_tls_rsa_root_g2.pem", true);
 
 /// Intermediates: Microsoft's issuing CAs for IMDS's certificates.
