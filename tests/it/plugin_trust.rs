@@ -459,7 +459,7 @@ fn re_pointing_links_while_loading_never_loads_foreign_code() {
         let info = &s.plugins()[0];
         assert_eq!(
             (info.provider.as_str(), info.contract.as_str(), info.sha256.as_str()),
-            ("aws", "0.2.0", d.aws_sha256.as_str()),
+            ("aws", idgate_plugin_kit::CONTRACT_VERSION, d.aws_sha256.as_str()),
             "foreign compiled code was loaded"
         );
         let configured = s

@@ -992,6 +992,7 @@ async fn pool_of(db: &pg::TestDb, max_connections: u32) -> PgPool {
         max_connections,
         acquire_timeout: Duration::from_secs(10),
         keep_warm: false,
+        ..idgate::db::PoolSettings::default()
     };
     idgate::db::pool::connect(
         idgate::db::embedded::connect_options(&pg::cluster().dir, &db.name),
