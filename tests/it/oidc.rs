@@ -497,7 +497,6 @@ fn two_clusters_two_configurations() {
 fn configuration_errors() {
     let sandbox = idgate_tests::sandbox();
     for block in [
-        json!({}),
         json!({ "issuer": ISSUER_A }),
         json!({ "audience": AUDIENCE }),
         with(config_a(), json!({ "issuer": "" })),
@@ -515,6 +514,19 @@ fn configuration_errors() {
         let error = sandbox.configure("oidc", &block).unwrap_err();
         assert!(format!("{error:#}").contains("oidc config"), "{block}: {error:#}");
     }
+}
+
+/// With no block (installed, no issuer configured) the plugin configures, so a host
+/// that serves no issuer stays ready, and answers every credential `bad-config`.
+#[test]
+fn no_block_serves_nothing() {
+    let sandbox = idgate_tests::sandbox();
+    let plugin = sandbox.configure("oidc", &json!({})).unwrap();
+    let reason = refused(
+        sandbox.verify(&plugin, &credential(&token_a()), None, NOW),
+        "bad-config",
+    );
+    assert!(reason.contains("issuer") && reason.contains("audience"), "{reason}");
 }
 
 #[test]

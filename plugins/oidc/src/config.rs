@@ -219,7 +219,6 @@ mod tests {
         no_audience.as_object_mut().unwrap().remove("audience");
         for config in [
             json!([]),
-            json!({}),
             no_issuer,
             no_audience,
             with(json!({"issuer": ""})),

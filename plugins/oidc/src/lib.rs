@@ -41,13 +41,31 @@ struct Credential {
 
 impl Provider for Oidc {
     const NAME: &'static str = "oidc";
-    type Config = Config;
+    /// `None`: no block (the plugin is installed but this host serves no issuer
+    /// with it), so every credential is `bad-config` naming what to configure.
+    type Config = Option<Config>;
 
-    fn configure(config: &str) -> Result<Config, VerifyError> {
-        Config::parse(config)
+    fn configure(config: &str) -> Result<Option<Config>, VerifyError> {
+        // No block at all is not a broken one: a plugin directory holding `oidc`
+        // must not make every host that configures no issuer unready. A block
+        // with any key must be complete (`issuer` and `audience` required).
+        if is_empty_block(config) {
+            return Ok(None);
+        }
+        Config::parse(config).map(Some)
     }
 
-    fn verify(crypto: &dyn Crypto, config: &Config, credential: &str, now: i64) -> Result<Identity, VerifyError> {
+    fn verify(
+        crypto: &dyn Crypto,
+        config: &Option<Config>,
+        credential: &str,
+        now: i64,
+    ) -> Result<Identity, VerifyError> {
+        let Some(config) = config else {
+            return Err(VerifyError::BadConfig(
+                "oidc config: no block: set issuer and audience (and the issuer's jwks) to serve tokens".into(),
+            ));
+        };
         if credential.len() > MAX_TOKEN_LEN * 2 {
             return Err(VerifyError::Malformed("credential too large".into()));
         }
@@ -116,6 +134,12 @@ impl Provider for Oidc {
         }
         Ok(identity)
     }
+}
+
+/// `""` or `{}`: what the host passes when the operator wrote no block.
+fn is_empty_block(config: &str) -> bool {
+    let config = config.trim();
+    config.is_empty() || serde_json::from_str::<serde_json::Map<String, Value>>(config).is_ok_and(|m| m.is_empty())
 }
 
 /// A found (or missing) claim for messages, never its whole value.

@@ -207,6 +207,22 @@ fn host_keys_are_preferred() {
 }
 
 #[test]
+fn no_block_configures_but_serves_nothing() {
+    let t = token("rsa", &claims());
+    for block in ["", "{}", " { } "] {
+        match verify(&t, block) {
+            Err(VerifyError::BadConfig(m)) => assert!(m.contains("issuer") && m.contains("audience"), "{m}"),
+            other => panic!("{block:?}: {other:?}"),
+        }
+    }
+    // A block with any key must be complete.
+    assert!(matches!(
+        Oidc::configure(r#"{"audience": "idgate"}"#),
+        Err(VerifyError::BadConfig(_))
+    ));
+}
+
+#[test]
 fn garbage_never_panics() {
     let cfg = config(json!({}));
     for input in [
