@@ -47,7 +47,11 @@ fn read_text(path: &Path) -> anyhow::Result<String> {
     let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
         bail!("not a file path");
     };
-    let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
     let trusted = crate::file_trust::open_dir(dir, "provider-block file directory")?;
     let bytes = trusted
         .read(name, "provider-block file", crate::file_trust::Links::FollowTrusted)?
@@ -84,7 +88,10 @@ mod tests {
         let bundle = dir.path().join("roots.pem");
         std::fs::write(&bundle, "PEM").unwrap();
         std::fs::set_permissions(&bundle, std::fs::Permissions::from_mode(0o666)).unwrap();
-        let err = format!("{:#}", resolve("azure", json!({"roots_file": bundle.to_str().unwrap()})).unwrap_err());
+        let err = format!(
+            "{:#}",
+            resolve("azure", json!({"roots_file": bundle.to_str().unwrap()})).unwrap_err()
+        );
         assert!(err.contains("writable"), "{err}");
     }
 

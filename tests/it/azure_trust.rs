@@ -114,7 +114,11 @@ fn every_g2_intermediate_reaches_digicert_global_root_g2_today() {
             child.label(),
             issuer.label()
         );
-        assert!(child.validity_error(today).is_none(), "{} is not valid today", child.label());
+        assert!(
+            child.validity_error(today).is_none(),
+            "{} is not valid today",
+            child.label()
+        );
         assert!(
             issuer.basic_constraints.is_some_and(|(ca, _)| ca),
             "{} is not a CA",

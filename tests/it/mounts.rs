@@ -90,9 +90,15 @@ async fn one_plugin_mounted_twice_keeps_two_configurations_apart() {
     // a mount of idgate's, and 401 on Coder's route, as Coder answers it.
     let garbage = json!({"signature": "@@", "encoding": "pkcs7"});
     let (status, answer) = post(&client, &base, "azure-a-instance-identity", &garbage).await;
-    assert_eq!((status, answer["message"].as_str()), (400, Some("Invalid Azure (tenant A) identity.")));
+    assert_eq!(
+        (status, answer["message"].as_str()),
+        (400, Some("Invalid Azure (tenant A) identity."))
+    );
     let (status, answer) = post(&client, &base, "azure-instance-identity", &garbage).await;
-    assert_eq!((status, answer["message"].as_str()), (401, Some("Invalid Azure identity.")));
+    assert_eq!(
+        (status, answer["message"].as_str()),
+        (401, Some("Invalid Azure identity."))
+    );
 
     let metrics = client
         .get(format!("{base}/metrics"))
