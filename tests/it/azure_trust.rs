@@ -26,6 +26,7 @@ use idgate_plugin_kit::{Crypto, SignatureAlgorithm};
 use serde_json::json;
 
 use crate::azure::{document, params, rcgen_key, TestCa};
+use crate::mounts::get_text;
 
 /// How long before a bundled certificate a current chain needs expires this
 /// test starts failing: time to bundle its successor and release.
@@ -370,14 +371,7 @@ async fn metrics_and_readyz_show_the_time_left() {
             idgate::api::ApiLimits::default(),
         )
         .await;
-        let metrics = client
-            .get(format!("{base}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = get_text(&client, &format!("{base}/metrics")).await;
         let line = metrics
             .lines()
             .find(|l| l.starts_with("idgate_trust_seconds_left{provider=\"azure\"}"))

@@ -29,6 +29,11 @@ async fn post(client: &reqwest::Client, base: &str, segment: &str, body: &Value)
     (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
 }
 
+/// The body of a GET to `url`, as text.
+pub(crate) async fn get_text(client: &reqwest::Client, url: &str) -> String {
+    client.get(url).send().await.unwrap().text().await.unwrap()
+}
+
 /// A plugin dropped in with no block is served at `<provider>-instance-identity`.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dropped_in_plugin_is_served_by_its_name() {
@@ -100,14 +105,7 @@ async fn one_plugin_mounted_twice_keeps_two_configurations_apart() {
         (401, Some("Invalid Azure identity."))
     );
 
-    let metrics = client
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&client, &format!("{base}/metrics")).await;
     for label in [
         "provider=\"azure-a\",outcome=\"ok\"",
         "provider=\"azure-b\",outcome=\"unauthorized\"",
@@ -179,13 +177,6 @@ async fn paths_naming_no_mount_are_plain_404s() {
             );
         }
     }
-    let metrics = client
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&client, &format!("{base}/metrics")).await;
     assert!(!metrics.contains("nobody"), "{metrics}");
 }
