@@ -223,7 +223,6 @@ pub fn child(spec: &Path) -> anyhow::Result<()> {
             resolver,
             metrics: Metrics::default(),
             limits: ApiLimits::default(),
-            configured: file.providers.keys().cloned().collect(),
         });
         let listener = idgate::serve::bind("127.0.0.1:0").await?;
         println!("listening http://{}", listener.local_addr()?);

@@ -32,7 +32,6 @@ pub fn state(sandbox: Arc<Sandbox>, file: &FileConfig, pool: sqlx::PgPool) -> an
         resolver: None,
         metrics: Metrics::default(),
         limits: ApiLimits::default(),
-        configured: file.providers.keys().cloned().collect(),
     }))
 }
 

@@ -56,9 +56,6 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Request limits.
     pub limits: ApiLimits,
-    /// Providers the operator configured (`[aws]` etc.); each must have a plugin
-    /// for `/readyz` to pass.
-    pub configured: Vec<String>,
 }
 
 /// Coder's response envelope (`codersdk.Response`).

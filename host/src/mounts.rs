@@ -173,6 +173,13 @@ pub fn mounts(file: &FileConfig, loaded: &[String]) -> anyhow::Result<Vec<MountS
         let written = file.providers.contains_key(provider);
         out.insert(provider.clone(), spec(provider, provider, block, written));
     }
+    // A block for a plugin that is not loaded is still a mount the operator
+    // asked for: the caller reports it (`/readyz`), it is not silently dropped.
+    for (name, block) in &file.providers {
+        if !out.contains_key(name) {
+            out.insert(name.clone(), spec(name, name, block.clone(), true));
+        }
+    }
     Ok(out.into_values().collect())
 }
 
@@ -227,7 +234,7 @@ mod tests {
     #[test]
     fn every_plugin_gets_its_own_mount_and_mount_tables_add_more() {
         let file = FileConfig::parse(
-            "[aws]\nallowed_accounts = [\"1\"]\n\
+            "[aws]\nallowed_accounts = [\"1\"]\n[gone]\nx = 1\n\
              [mounts.k8s-prod]\nplugin = \"oidc\"\nissuer = \"https://a\"\ndisplay_name = \"Kubernetes\"\n\
              [mounts.k8s-dev]\nplugin = \"oidc\"\nissuer = \"https://b\"\n",
         )
@@ -243,14 +250,15 @@ mod tests {
             [
                 ("aws", "aws", true),
                 ("azure", "azure", false),
+                ("gone", "gone", true),
                 ("k8s-dev", "oidc", true),
                 ("k8s-prod", "oidc", true)
             ]
         );
         assert_eq!(mounts[0].display, "AWS");
-        assert_eq!(mounts[2].display, "k8s-dev");
-        assert_eq!(mounts[3].display, "Kubernetes");
-        assert_eq!(plugin_block(mounts[3].block.clone()), json!({"issuer": "https://a"}));
+        assert_eq!(mounts[3].display, "k8s-dev");
+        assert_eq!(mounts[4].display, "Kubernetes");
+        assert_eq!(plugin_block(mounts[4].block.clone()), json!({"issuer": "https://a"}));
     }
 
     #[test]

@@ -61,7 +61,6 @@ pub async fn serve(settings: &Settings, listen: Option<String>) -> anyhow::Resul
         resolver: None,
         metrics: Metrics::default(),
         limits: api_limits,
-        configured: settings.file.providers.keys().cloned().collect(),
     });
     let addr = listen
         .or_else(|| settings.file.host.listen.clone())

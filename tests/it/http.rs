@@ -215,7 +215,6 @@ pub(crate) async fn serve_router(sandbox: Arc<Sandbox>, config: &str, pool: sqlx
         resolver: None,
         metrics: Metrics::default(),
         limits,
-        configured: file.providers.keys().cloned().collect(),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -180,3 +180,31 @@ async fn paths_naming_no_mount_are_plain_404s() {
     let metrics = get_text(&client, &format!("{base}/metrics")).await;
     assert!(!metrics.contains("nobody"), "{metrics}");
 }
+
+/// A block whose plugin is not loaded is reported, not dropped: `/readyz`
+/// names it, and its route says no plugin serves it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_block_without_its_plugin_is_reported() {
+    let db = fresh_database().await;
+    let base = serve_router(
+        sandbox().clone(),
+        "[nosuch]\nx = 1\n",
+        db.pool.clone(),
+        ApiLimits::default(),
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let ready = client.get(format!("{base}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    let body = ready.text().await.unwrap();
+    assert!(
+        body.contains("mount \"nosuch\" is configured but its plugin \"nosuch\" is not loaded"),
+        "{body}"
+    );
+    let (status, answer) = post(&client, &base, "nosuch-instance-identity", &json!({})).await;
+    assert_eq!(status, 404, "{answer}");
+    assert!(
+        answer["message"].as_str().unwrap().contains("No plugin is loaded"),
+        "{answer}"
+    );
+}
