@@ -25,6 +25,8 @@
 
 mod cache;
 mod contract;
+mod engine;
+mod limits;
 mod snapshot;
 mod versions;
 
@@ -36,23 +38,15 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use idgate_plugin_kit::{Identity, VerifyError};
 use wasmtime::component::{Component, HasSelf, InstancePre, Linker};
-use wasmtime::{Config, Engine, Store, Trap};
+use wasmtime::Engine;
 
 use crate::pins::PluginPins;
 use cache::{Cache, PluginDir};
 use contract::since_v0_1_0;
 pub use contract::SUPPORTED_CONTRACTS;
+use engine::{link_random, new_engine};
+use limits::{CallState, Ticker};
 use versions::Configurable;
-
-/// How often the epoch ticker advances; the CPU deadline is counted in ticks.
-const EPOCH_TICK: Duration = Duration::from_millis(10);
-
-/// Most linear memory a pooled slot keeps mapped between calls (only the pages
-/// a call dirtied are reset). Plugins start at ~1.1 MiB plus their configured
-/// state and touch a few MiB per call; more would only hold RSS.
-const KEEP_RESIDENT_MAX: usize = 8 << 20;
-/// Table bytes a pooled slot keeps between calls (plugins' tables are small).
-const KEEP_RESIDENT_TABLES: usize = 64 << 10;
 
 /// Per-call resource limits and how calls are run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -266,63 +260,6 @@ pub struct Sandbox {
     cache: Option<Cache>,
     permits: Arc<tokio::sync::Semaphore>,
     _ticker: Ticker,
-}
-
-/// Per-call state: the limiter, what `host-keys` and `issuers` answer with,
-/// and the issuer URLs asked for in vain.
-struct CallState {
-    limiter: MemoryLimiter,
-    inputs: HostInputs,
-    wanted_issuers: Vec<String>,
-}
-
-/// Caps linear memory and remembers whether the cap was hit, so the host can say
-/// "memory" rather than a bare trap.
-struct MemoryLimiter {
-    max_bytes: usize,
-    hit: bool,
-}
-
-impl wasmtime::ResourceLimiter for MemoryLimiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
-        if desired > self.max_bytes {
-            self.hit = true;
-            wasmtime::bail!("memory limit of {} MiB exceeded", self.max_bytes >> 20);
-        }
-        Ok(true)
-    }
-
-    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
-        Ok(desired <= 100_000)
-    }
-}
-
-/// Advances the engine's epoch every [`EPOCH_TICK`] until dropped.
-struct Ticker {
-    stop: Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl Ticker {
-    fn start(engine: Engine) -> Ticker {
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flag = stop.clone();
-        std::thread::Builder::new()
-            .name("idgate-epoch".into())
-            .spawn(move || {
-                while !flag.load(std::sync::atomic::Ordering::Relaxed) {
-                    std::thread::sleep(EPOCH_TICK);
-                    engine.increment_epoch();
-                }
-            })
-            .expect("spawn epoch ticker thread");
-        Ticker { stop }
-    }
-}
-
-impl Drop for Ticker {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    }
 }
 
 impl Sandbox {
@@ -701,72 +638,6 @@ impl Sandbox {
                 wanted_issuers: Vec::new(),
             })
     }
-
-    /// A fresh store under the limits: memory cap, CPU deadline, and what
-    /// `host-keys` and `issuers` answer with.
-    fn new_store(&self, inputs: &HostInputs) -> Store<CallState> {
-        let mut store = Store::new(
-            &self.engine,
-            CallState {
-                limiter: MemoryLimiter {
-                    max_bytes: self.limits.memory_bytes,
-                    hit: false,
-                },
-                inputs: inputs.clone(),
-                wanted_issuers: Vec::new(),
-            },
-        );
-        store.limiter(|s| &mut s.limiter);
-        let ticks = self.limits.deadline.as_millis().div_ceil(EPOCH_TICK.as_millis()).max(1) as u64;
-        store.set_epoch_deadline(ticks);
-        store.epoch_deadline_trap();
-        store
-    }
-
-    /// Runs `f` (which instantiates and calls) in a fresh store under the limits.
-    fn call<R>(
-        &self,
-        provider: &str,
-        inputs: &HostInputs,
-        f: impl FnOnce(&mut Store<CallState>) -> wasmtime::Result<R>,
-    ) -> Result<R, CallError> {
-        let mut store = self.new_store(inputs);
-        self.guard(&mut store, provider, Instant::now(), f)
-    }
-
-    /// Runs `f` on `store`, turning a trap, deadline or memory failure into a
-    /// [`CallError::Fault`] naming `provider`.
-    fn guard<R>(
-        &self,
-        store: &mut Store<CallState>,
-        provider: &str,
-        started: Instant,
-        f: impl FnOnce(&mut Store<CallState>) -> wasmtime::Result<R>,
-    ) -> Result<R, CallError> {
-        f(store).map_err(|e| {
-            let kind = if store.data().limiter.hit {
-                FaultKind::Memory
-            } else if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
-                FaultKind::Deadline
-            } else {
-                FaultKind::Trap
-            };
-            let message = match kind {
-                FaultKind::Deadline => format!(
-                    "exceeded its CPU deadline of {} ms (stopped after {} ms)",
-                    self.limits.deadline.as_millis(),
-                    started.elapsed().as_millis()
-                ),
-                FaultKind::Memory => format!("exceeded its memory limit of {} MiB", self.limits.memory_bytes >> 20),
-                FaultKind::Trap => format!("trapped: {}", root_cause(&e)),
-            };
-            CallError::Fault {
-                provider: provider.to_string(),
-                message,
-                kind,
-            }
-        })
-    }
 }
 
 /// A plugin's answer as the host's result: an identity needs an instance ID.
@@ -797,102 +668,6 @@ fn with_key_set(config: &serde_json::Value, key_set: Option<&str>) -> String {
         map.insert("jwks".into(), keys);
     }
     config.to_string()
-}
-
-/// The wasmtime configuration every plugin runs under.
-fn new_engine(limits: &Limits) -> anyhow::Result<Engine> {
-    let mut config = Config::new();
-    config.wasm_component_model(true);
-    config.epoch_interruption(true);
-    // A plugin's stack is bounded too: deep recursion traps instead of growing.
-    config.max_wasm_stack(1 << 20);
-    // Why copy-on-write (wasmtime's default, stated so it stays on): a call's
-    // memory starts as a private mapping of the compiled image — for a configured
-    // snapshot, the parsed configuration — instead of a copy of its data
-    // segments, so a call only pays for the pages it writes.
-    config.memory_init_cow(true);
-    // `IDGATE_WASM_PERFMAP=1` writes /tmp/perf-<pid>.map so `perf` can name the
-    // plugins' compiled functions (a profiling aid; off by default).
-    if std::env::var_os("IDGATE_WASM_PERFMAP").is_some_and(|v| v == "1") {
-        config.profiler(wasmtime::ProfilingStrategy::PerfMap);
-    }
-    if limits.pooling {
-        let mut pool = wasmtime::PoolingAllocationConfig::new();
-        // Slots for every call that can run at once, with room for synchronous
-        // callers beyond the async permits; a call finding no slot faults.
-        let slots = (limits.max_concurrent.max(1) * 4 + 16) as u32;
-        pool.total_component_instances(slots);
-        pool.total_core_instances(slots * 2);
-        pool.total_memories(slots * 2);
-        pool.total_tables(slots * 2);
-        pool.max_memory_size(limits.memory_bytes);
-        // Why keep memory resident (Linux ≥ 6.7): by default a freed slot is
-        // reset with madvise, so the next call page-faults every page it touches
-        // back in from the image. With the PAGEMAP_SCAN ioctl wasmtime finds the
-        // pages the call dirtied and copies just those back from the image, so
-        // the slot stays mapped and warm: no syscall storm, no faults. Without
-        // the ioctl, keeping memory resident would mean resetting all of it by
-        // hand on every call, so it is only turned on with it.
-        if wasmtime::PoolingAllocationConfig::is_pagemap_scan_available() {
-            pool.pagemap_scan(wasmtime::Enabled::Yes);
-            pool.linear_memory_keep_resident(limits.memory_bytes.min(KEEP_RESIDENT_MAX));
-            pool.table_keep_resident(KEEP_RESIDENT_TABLES);
-        }
-        config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
-    }
-    Ok(Engine::new(&config)?)
-}
-
-/// Links `wasi:random` under whatever version the component imports: Rust's std
-/// seeds its hash maps from it. Everything else WASI stays a trap.
-fn link_random(linker: &mut Linker<CallState>, component: &Component, engine: &Engine) -> anyhow::Result<()> {
-    const MAX_RANDOM: u64 = 1 << 16;
-    let names: Vec<String> = component
-        .component_type()
-        .imports(engine)
-        .map(|(name, _)| name.to_string())
-        .collect();
-    for name in names {
-        if !name.starts_with("wasi:random/") {
-            continue;
-        }
-        let mut inst = linker.instance(&name)?;
-        if name.starts_with("wasi:random/insecure-seed@") {
-            inst.func_wrap("insecure-seed", |_, ()| Ok(((random_u64(), random_u64()),)))?;
-        } else if name.starts_with("wasi:random/random@") || name.starts_with("wasi:random/insecure@") {
-            let (bytes_fn, u64_fn) = if name.starts_with("wasi:random/random@") {
-                ("get-random-bytes", "get-random-u64")
-            } else {
-                ("get-insecure-random-bytes", "get-insecure-random-u64")
-            };
-            inst.func_wrap(bytes_fn, |_, (len,): (u64,)| {
-                if len > MAX_RANDOM {
-                    wasmtime::bail!("plugin asked for {len} random bytes (limit {MAX_RANDOM})");
-                }
-                let mut buf = vec![0u8; len as usize];
-                ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut buf)
-                    .map_err(|_| wasmtime::format_err!("system random failed"))?;
-                Ok((buf,))
-            })?;
-            inst.func_wrap(u64_fn, |_, ()| Ok((random_u64(),)))?;
-        }
-    }
-    Ok(())
-}
-
-fn random_u64() -> u64 {
-    let mut b = [0u8; 8];
-    // SystemRandom only fails if the OS has no entropy source at all.
-    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
-    u64::from_le_bytes(b)
-}
-
-/// The innermost cause, which names the trap ("unreachable", "unknown import").
-fn root_cause(e: &wasmtime::Error) -> String {
-    match e.downcast_ref::<Trap>() {
-        Some(trap) => trap.to_string(),
-        None => e.root_cause().to_string(),
-    }
 }
 
 fn hex(bytes: &[u8]) -> String {
