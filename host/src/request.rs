@@ -103,7 +103,7 @@ fn parse_object(body: &[u8]) -> Result<Parsed, BodyError> {
         Some(other) => {
             return Err(BodyError::InvalidJson(format!(
                 "agent_name must be a string, not {}",
-                json_type(&other)
+                idgate_plugin_kit::jwt::json_kind(&other)
             )))
         }
     };
@@ -111,17 +111,6 @@ fn parse_object(body: &[u8]) -> Result<Parsed, BodyError> {
         credential: Value::Object(fields).to_string(),
         agent_name,
     })
-}
-
-fn json_type(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
 
 #[cfg(test)]

@@ -237,11 +237,12 @@ fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>, String> {
     let StrictValue(value) = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
     match value {
         Value::Object(map) => Ok(map),
-        other => Err(format!("expected a JSON object, not {}", kind(&other))),
+        other => Err(format!("expected a JSON object, not {}", json_kind(&other))),
     }
 }
 
-fn kind(value: &Value) -> &'static str {
+/// What kind of JSON value `value` is, for messages ("a number", "an array").
+pub fn json_kind(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
