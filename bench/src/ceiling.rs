@@ -35,6 +35,7 @@ use idgate::crypto::NativeCrypto;
 use idgate::db::resolve::{Resolution, ResolveFuture, Resolver};
 use idgate::db::PoolSettings;
 use idgate::metrics::Metrics;
+use idgate::providers::Providers;
 use idgate::sandbox::{CallError, Limits, Sandbox};
 use idgate_plugin_kit::{Identity, Provider};
 use serde_json::{json, Value};
@@ -218,7 +219,7 @@ pub fn child(spec: &Path) -> anyhow::Result<()> {
         };
         let pool = idgate::db::pool::connect(text("database")?.parse()?, settings).await?;
         let state = Arc::new(AppState {
-            auth,
+            providers: Providers::new(auth),
             pool,
             resolver,
             metrics: Metrics::default(),

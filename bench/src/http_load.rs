@@ -17,6 +17,7 @@ use idgate::api::{router, ApiLimits, AppState};
 use idgate::authenticate::Authenticator;
 use idgate::config::FileConfig;
 use idgate::metrics::Metrics;
+use idgate::providers::Providers;
 use idgate::request::parse_body;
 use idgate::sandbox::Sandbox;
 use serde_json::json;
@@ -27,7 +28,7 @@ use crate::baseline::{self, Answer};
 /// and pool settings.
 pub fn state(sandbox: Arc<Sandbox>, file: &FileConfig, pool: sqlx::PgPool) -> anyhow::Result<Arc<AppState>> {
     Ok(Arc::new(AppState {
-        auth: Authenticator::new(sandbox, file)?,
+        providers: Providers::new(Authenticator::new(sandbox, file)?),
         pool,
         resolver: None,
         metrics: Metrics::default(),
@@ -105,7 +106,8 @@ async fn baseline_handler(
             .map_err(|_| (413, "Request body is too large.".to_string()))?;
         let parsed = parse_body(provider, &bytes).map_err(|e| (400, format!("{e:?}")))?;
         let identity = state
-            .auth
+            .providers
+            .current()
             .verify(provider, parsed.credential, idgate::clock::unix_now())
             .await
             .map_err(|e| (401, e.to_string()))?;

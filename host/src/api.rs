@@ -22,6 +22,7 @@ use utoipa::{OpenApi, ToSchema};
 use crate::authenticate::{AuthError, Authenticator};
 use crate::db::resolve::{resolve_measured, Resolution, Resolver};
 use crate::metrics::Metrics;
+use crate::providers::Providers;
 use crate::request::{parse_body, BodyError, Validation};
 use crate::sandbox::{CallError, FaultKind};
 
@@ -45,8 +46,8 @@ impl Default for ApiLimits {
 
 /// What the handlers share.
 pub struct AppState {
-    /// Plugins and their configuration.
-    pub auth: Authenticator,
+    /// The provider set (plugins, mounts, key caches), swapped whole by a reload.
+    pub providers: Providers,
     /// The database pool.
     pub pool: sqlx::PgPool,
     /// Answers resolutions instead of `pool` when set: benchmarks only (the
@@ -172,7 +173,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
         (status = 413, body = ErrorBody), (status = 500, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn aws_instance_identity(State(state): State<Arc<AppState>>, body: Body) -> Response {
-    authenticate(&state, "aws", body).await
+    authenticate(&state, &state.providers.current(), "aws", body).await
 }
 
 /// Authenticate an agent with Azure attested data.
@@ -181,7 +182,7 @@ async fn aws_instance_identity(State(state): State<Arc<AppState>>, body: Body) -
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
         (status = 413, body = ErrorBody), (status = 500, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn azure_instance_identity(State(state): State<Arc<AppState>>, body: Body) -> Response {
-    authenticate(&state, "azure", body).await
+    authenticate(&state, &state.providers.current(), "azure", body).await
 }
 
 /// Authenticate an agent with a Google instance identity token.
@@ -190,7 +191,7 @@ async fn azure_instance_identity(State(state): State<Arc<AppState>>, body: Body)
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
         (status = 413, body = ErrorBody), (status = 500, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn google_instance_identity(State(state): State<Arc<AppState>>, body: Body) -> Response {
-    authenticate(&state, "gcp", body).await
+    authenticate(&state, &state.providers.current(), "gcp", body).await
 }
 
 /// An error response in Coder's envelope.
@@ -249,8 +250,9 @@ async fn mount_instance_identity(
     axum::extract::Path(segment): axum::extract::Path<String>,
     body: Body,
 ) -> Response {
+    let auth = state.providers.current();
     match crate::mounts::mount_of_path(&segment) {
-        Some(mount) if state.auth.knows(mount) => authenticate(&state, mount, body).await,
+        Some(mount) if auth.knows(mount) => authenticate(&state, &auth, mount, body).await,
         _ => ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
@@ -261,14 +263,20 @@ async fn mount_instance_identity(
     }
 }
 
-async fn authenticate(state: &AppState, provider: &str, body: Body) -> Response {
+/// One authentication on `auth`, the provider set current when the request
+/// arrived (a reload meanwhile does not change it).
+async fn authenticate(state: &AppState, auth: &Authenticator, provider: &str, body: Body) -> Response {
     let route = Route {
         provider,
-        display: state.auth.display(provider),
+        display: auth.display(provider),
     };
     let route = &route;
     let mut audit = Audit::default();
-    let result = match tokio::time::timeout(state.limits.request_timeout, attempt(state, route, body, &mut audit)).await
+    let result = match tokio::time::timeout(
+        state.limits.request_timeout,
+        attempt(state, auth, route, body, &mut audit),
+    )
+    .await
     {
         Ok(result) => result,
         Err(_) => Err(ApiError::unavailable(
@@ -313,7 +321,13 @@ struct Route<'a> {
     display: String,
 }
 
-async fn attempt(state: &AppState, route: &Route<'_>, body: Body, audit: &mut Audit) -> Result<String, ApiError> {
+async fn attempt(
+    state: &AppState,
+    auth: &Authenticator,
+    route: &Route<'_>,
+    body: Body,
+    audit: &mut Audit,
+) -> Result<String, ApiError> {
     let bytes = axum::body::to_bytes(body, state.limits.max_body_bytes)
         .await
         .map_err(|_| {
@@ -347,7 +361,7 @@ async fn attempt(state: &AppState, route: &Route<'_>, body: Body, audit: &mut Au
 
     let started = Instant::now();
     let now = crate::clock::unix_now();
-    let verified = state.auth.verify(route.provider, parsed.credential, now).await;
+    let verified = auth.verify(route.provider, parsed.credential, now).await;
     state.metrics.verify_time(route.provider, started.elapsed());
     let identity = verified.map_err(|e| verify_error(state, route, e))?;
     audit.instance_id = Some(identity.instance_id.clone());
@@ -472,20 +486,27 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
         Ok(Err(e)) => problems.push(format!("database: {e}")),
         Err(_) => problems.push("database: no answer within 2 s".to_string()),
     }
-    for (mount, plugin) in state.auth.unloaded() {
+    let auth = state.providers.current();
+    for (mount, plugin) in auth.unloaded() {
         problems.push(format!(
             "mount {mount:?} is configured but its plugin {plugin:?} is not loaded"
         ));
     }
-    for (provider, reason) in state.auth.unconfigured() {
+    for (provider, reason) in auth.unconfigured() {
         problems.push(format!("plugin {provider:?} is not serving: {reason}"));
     }
-    if state.auth.sandbox().plugins().is_empty() {
+    if auth.sandbox().plugins().is_empty() {
         problems.push("no plugins are loaded".to_string());
     }
     // Expiring trust material is a warning, not a failure: the other
     // providers, and this one until the date, still serve.
-    let warnings = crate::expiry::warnings(&state.auth, crate::clock::unix_now());
+    let mut warnings = crate::expiry::warnings(&auth, crate::clock::unix_now());
+    // A failed reload left the previous set serving: a warning until a good one.
+    if let Some((at, reason)) = state.providers.status().failing {
+        warnings.push(format!(
+            "the last reload (at Unix time {at}) failed and changed nothing: {reason}"
+        ));
+    }
     let warned = if warnings.is_empty() {
         String::new()
     } else {
@@ -503,9 +524,16 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    for (provider, left, _) in crate::expiry::time_left(&state.auth, crate::clock::unix_now()) {
+    let auth = state.providers.current();
+    for (provider, left, _) in crate::expiry::time_left(&auth, crate::clock::unix_now()) {
         state.metrics.trust_time_left(&provider, left);
     }
+    let plugins = auth.sandbox().plugins();
+    state.metrics.plugins(
+        plugins
+            .iter()
+            .map(|p| (p.provider.as_str(), p.contract.as_str(), p.sha256.as_str())),
+    );
     (
         [(
             header::CONTENT_TYPE,

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use idgate_plugin_kit::{Identity, VerifyError};
 
 use crate::config::FileConfig;
-use crate::issuers::IssuerFetcher;
+use crate::issuers::{IssuerFetcher, IssuersConfig};
 use crate::jwks::KeyCache;
 use crate::mounts::{self, MountSpec};
 use crate::sandbox::{CallError, Configured, HostInputs, IssuerBodies, Sandbox, TrustAnchor};
@@ -82,14 +82,24 @@ pub fn plugin_block(provider: &str, block: serde_json::Value) -> serde_json::Val
 /// One served mount.
 struct Mount {
     configured: Configured,
+    /// The SHA-256 of the plugin file it was configured from, and the block
+    /// (host keys removed, `K_file` keys read) it was configured with: a
+    /// reload that finds both unchanged keeps `configured`.
+    plugin_sha256: String,
+    block: serde_json::Value,
     /// The mount's host-fetched key set, if its block names a source (or its
-    /// plugin has a default one).
-    keys: Option<KeyCache>,
+    /// plugin has a default one), and the settings it was made from.
+    keys: Option<(Arc<KeyCache>, serde_json::Value)>,
     /// The name in messages.
     display: String,
 }
 
 /// Verifies credentials with the loaded plugins and the operator's configuration.
+///
+/// One `Authenticator` is one *provider set*: the plugins, the mounts built on
+/// them and their key caches, as one configuration file and one plugin
+/// directory made them. It never changes; a reload builds the next one
+/// ([`Authenticator::reload`]) and [`crate::providers::Providers`] swaps it in.
 pub struct Authenticator {
     sandbox: Arc<Sandbox>,
     mounts: BTreeMap<String, Mount>,
@@ -101,10 +111,23 @@ pub struct Authenticator {
     unconfigured: BTreeMap<String, String>,
     /// Issuer certificates fetched for plugins; `None` when no host is allowed.
     issuers: Option<Arc<IssuerFetcher>>,
+    /// The `[issuers]` table `issuers` was made from.
+    issuers_config: IssuersConfig,
     /// Warn this long before current trust material expires (`trust_warning_days`).
     trust_warning_secs: i64,
     /// Runs verifications instead of the sandbox (benchmarks only).
     stand_in: Option<Arc<dyn Verifier>>,
+}
+
+/// What a reload kept and what it made anew, for its log line.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Changes {
+    /// Mounts configured anew (new, or their plugin or block changed).
+    pub configured: Vec<String>,
+    /// Mounts whose configured image was kept.
+    pub kept: Vec<String>,
+    /// Mounts served before and not now.
+    pub removed: Vec<String>,
 }
 
 impl Authenticator {
@@ -115,24 +138,61 @@ impl Authenticator {
     /// it is kept out of service ([`Authenticator::unconfigured`]) rather than
     /// failing.
     pub fn new(sandbox: Arc<Sandbox>, file: &FileConfig) -> anyhow::Result<Authenticator> {
+        Self::build(sandbox, file, None).map(|(auth, _)| auth)
+    }
+
+    /// The next provider set, from `sandbox` (this one's reloaded, see
+    /// [`Sandbox::reload`]) and `file` (the configuration read again), built
+    /// as [`Authenticator::new`] builds one, except that what did not change is
+    /// kept: a mount whose plugin bytes and block are the same keeps its
+    /// configured image (no configure, no snapshot), a mount whose key source
+    /// is the same URL keeps its key cache (and the keys it holds), and
+    /// unchanged `[issuers]` keep the fetched issuers. `self` is untouched:
+    /// calls running on it finish on it.
+    pub fn reload(&self, sandbox: Arc<Sandbox>, file: &FileConfig) -> anyhow::Result<(Authenticator, Changes)> {
+        Self::build(sandbox, file, Some(self))
+    }
+
+    fn build(
+        sandbox: Arc<Sandbox>,
+        file: &FileConfig,
+        previous: Option<&Authenticator>,
+    ) -> anyhow::Result<(Authenticator, Changes)> {
         let loaded: Vec<String> = sandbox.plugins().into_iter().map(|p| p.provider).collect();
         let mut served = BTreeMap::new();
         let mut unloaded = BTreeMap::new();
         let mut unconfigured = BTreeMap::new();
+        let mut changes = Changes::default();
         for spec in mounts::mounts(file, &loaded)? {
-            if !sandbox.has(&spec.plugin) {
+            let Some(plugin) = sandbox.plugin(&spec.plugin) else {
                 unloaded.insert(spec.name.clone(), spec.plugin.clone());
                 continue;
-            }
-            let keys = key_cache(&spec)?;
+            };
+            let before = previous.and_then(|p| p.mounts.get(&spec.name));
+            let keys = key_cache(&spec, before.and_then(|m| m.keys.as_ref()))?;
             let block = mounts::plugin_block(spec.block.clone());
             let block = crate::block_files::resolve(&spec.name, block)?;
-            match sandbox.configure(&spec.plugin, &block) {
+            let kept = before
+                .filter(|m| m.plugin_sha256 == plugin.sha256 && m.block == block)
+                .map(|m| m.configured.clone());
+            let configured = match kept {
+                Some(configured) => {
+                    changes.kept.push(spec.name.clone());
+                    Ok(configured)
+                }
+                None => sandbox.configure(&spec.plugin, &block),
+            };
+            match configured {
                 Ok(configured) => {
+                    if !changes.kept.contains(&spec.name) {
+                        changes.configured.push(spec.name.clone());
+                    }
                     served.insert(
                         spec.name.clone(),
                         Mount {
                             configured,
+                            plugin_sha256: plugin.sha256.clone(),
+                            block,
                             keys,
                             display: spec.display.clone(),
                         },
@@ -147,21 +207,38 @@ impl Authenticator {
                 }
             }
         }
-        let issuers = IssuerFetcher::new(&file.host.issuers);
-        Ok(Authenticator {
+        if let Some(previous) = previous {
+            changes.removed = previous
+                .mounts
+                .keys()
+                .filter(|name| !served.contains_key(*name))
+                .cloned()
+                .collect();
+        }
+        let issuers_config = file.host.issuers.clone();
+        let issuers = match previous {
+            Some(p) if p.issuers_config == issuers_config => p.issuers.clone(),
+            _ => {
+                let fetcher = IssuerFetcher::new(&issuers_config);
+                fetcher.enabled().then(|| Arc::new(fetcher))
+            }
+        };
+        let auth = Authenticator {
             sandbox,
             mounts: served,
             unloaded,
             unconfigured,
-            issuers: issuers.enabled().then(|| Arc::new(issuers)),
+            issuers,
+            issuers_config,
             trust_warning_secs: file
                 .host
                 .trust_warning_days
                 .unwrap_or(crate::expiry::DEFAULT_WARNING_DAYS)
                 .saturating_mul(86_400)
                 .min(i64::MAX as u64) as i64,
-            stand_in: None,
-        })
+            stand_in: previous.and_then(|p| p.stand_in.clone()),
+        };
+        Ok((auth, changes))
     }
 
     /// The same authenticator with `verifier` running every verification in
@@ -274,7 +351,7 @@ impl Authenticator {
             }));
         };
         let plugin = &mount.configured;
-        let Some(keys) = mount.keys.as_ref() else {
+        let Some((keys, _)) = mount.keys.as_ref() else {
             return self.call(plugin, credential, None, now).await.map_err(AuthError::Call);
         };
         let key_set = keys
@@ -305,14 +382,31 @@ impl Authenticator {
 
 /// The key cache a mount's block asks for: `jwks_url` or `jwks_file`, else
 /// the plugin's default source from Coder's table (Google's keys for `gcp`),
-/// else none.
-fn key_cache(spec: &MountSpec) -> anyhow::Result<Option<KeyCache>> {
+/// else none. `before` is the mount's cache in the provider set being
+/// reloaded: kept when it fetches from the same URL with the same settings
+/// (a file source is read again: the operator may have replaced the file).
+fn key_cache(
+    spec: &MountSpec,
+    before: Option<&(Arc<KeyCache>, serde_json::Value)>,
+) -> anyhow::Result<Option<(Arc<KeyCache>, serde_json::Value)>> {
     let names_source = ["jwks_url", "jwks_file"].iter().any(|k| spec.block.get(k).is_some());
     let default = mounts::coder_route(&spec.plugin).and_then(|r| r.default_key_source);
     if !names_source && default.is_none() {
         return Ok(None);
     }
-    KeyCache::for_mount(&spec.name, &spec.block, default).map(Some)
+    let settings = serde_json::json!({
+        "default": default,
+        "jwks_url": spec.block.get("jwks_url"),
+        "jwks_file": spec.block.get("jwks_file"),
+        "jwks_min_refresh_secs": spec.block.get("jwks_min_refresh_secs"),
+    });
+    if let Some((cache, was)) = before {
+        if *was == settings && spec.block.get("jwks_file").is_none() {
+            return Ok(Some((cache.clone(), settings)));
+        }
+    }
+    let cache = KeyCache::for_mount(&spec.name, &spec.block, default)?;
+    Ok(Some((Arc::new(cache), settings)))
 }
 
 #[cfg(test)]

@@ -61,7 +61,7 @@ const MAX_URL_BYTES: usize = 2048;
 const MAX_CONCURRENT_FETCHES: usize = 2;
 
 /// `[issuers]`: where the host may fetch issuer certificates from.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IssuersConfig {
     /// Host names (exact, case-insensitive) fetched from; `[]` turns fetching off.

@@ -23,6 +23,8 @@ pub mod logging;
 pub mod metrics;
 pub mod mounts;
 pub mod pins;
+pub mod providers;
+pub mod reload;
 pub mod request;
 pub mod sandbox;
 pub mod serve;

@@ -36,6 +36,24 @@ pub struct FaultLabels {
     pub kind: String,
 }
 
+/// Labels of the loaded-plugin info gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PluginLabels {
+    /// Provider name the plugin serves.
+    pub provider: String,
+    /// Contract version it speaks.
+    pub contract: String,
+    /// SHA-256 of its `.wasm`.
+    pub sha256: String,
+}
+
+/// Labels of the reload counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    /// `ok` or `failed`.
+    pub result: String,
+}
+
 /// Every metric the server keeps.
 pub struct Metrics {
     registry: Mutex<Registry>,
@@ -45,6 +63,9 @@ pub struct Metrics {
     pool_wait_seconds: Histogram,
     plugin_faults: Family<FaultLabels, Counter>,
     trust_seconds_left: Family<ProviderLabels, Gauge>,
+    reloads: Family<ReloadLabels, Counter>,
+    reload_failing: Gauge,
+    plugins: Family<PluginLabels, Gauge>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -61,6 +82,9 @@ impl Default for Metrics {
         let pool_wait_seconds = latency_histogram();
         let plugin_faults = Family::<FaultLabels, Counter>::default();
         let trust_seconds_left = Family::<ProviderLabels, Gauge>::default();
+        let reloads = Family::<ReloadLabels, Counter>::default();
+        let reload_failing = Gauge::default();
+        let plugins = Family::<PluginLabels, Gauge>::default();
         let mut registry = Registry::with_prefix("idgate");
         registry.register(
             "requests",
@@ -92,6 +116,17 @@ impl Default for Metrics {
             "Seconds until the first certificate a provider's current chains need expires (negative: expired)",
             trust_seconds_left.clone(),
         );
+        registry.register("reloads", "Reloads (SIGHUP) by result", reloads.clone());
+        registry.register(
+            "reload_failing",
+            "1 while the last reload failed and the previous provider set is still served",
+            reload_failing.clone(),
+        );
+        registry.register(
+            "plugin",
+            "The plugins being served (1 per plugin; a reload changes the set)",
+            plugins.clone(),
+        );
         Metrics {
             registry: Mutex::new(registry),
             requests,
@@ -100,6 +135,9 @@ impl Default for Metrics {
             pool_wait_seconds,
             plugin_faults,
             trust_seconds_left,
+            reloads,
+            reload_failing,
+            plugins,
         }
     }
 }
@@ -151,6 +189,30 @@ impl Metrics {
                 provider: provider.to_string(),
             })
             .set(seconds);
+    }
+
+    /// Counts one reload, `ok` or not.
+    pub fn reload(&self, ok: bool) {
+        let result = if ok { "ok" } else { "failed" };
+        self.reloads
+            .get_or_create(&ReloadLabels { result: result.into() })
+            .inc();
+        self.reload_failing.set(i64::from(!ok));
+    }
+
+    /// Sets the served plugins, `(provider, contract, sha256)` each, replacing
+    /// the previous list.
+    pub fn plugins<'a>(&self, served: impl IntoIterator<Item = (&'a str, &'a str, &'a str)>) {
+        self.plugins.clear();
+        for (provider, contract, sha256) in served {
+            self.plugins
+                .get_or_create(&PluginLabels {
+                    provider: provider.into(),
+                    contract: contract.into(),
+                    sha256: sha256.into(),
+                })
+                .set(1);
+        }
     }
 
     /// The Prometheus text exposition.

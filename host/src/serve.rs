@@ -1,5 +1,5 @@
 //! `idgate serve`: start-up (configuration, database, plugins, listener),
-//! logging, signals, and a shutdown that drains connections for at most the
+//! logging, signals (SIGHUP reloads, [`crate::reload`]), and a shutdown that drains connections for at most the
 //! grace period and then stops the embedded cluster. The connections
 //! themselves are the edge's ([`crate::edge`]).
 
@@ -13,13 +13,17 @@ use crate::authenticate::Authenticator;
 use crate::db::{Db, PoolSettings};
 use crate::edge::EdgeLimits;
 use crate::metrics::Metrics;
+use crate::providers::Providers;
+use crate::reload::{ReadSettings, Reloader};
 use crate::settings::Settings;
 
 /// Where `idgate serve` listens unless told otherwise.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:3000";
 
-/// Runs the server until SIGINT or SIGTERM.
-pub async fn serve(settings: &Settings, listen: Option<String>) -> anyhow::Result<()> {
+/// Runs the server until SIGINT or SIGTERM; on SIGHUP, reloads the provider
+/// set (and the TLS certificate) from the settings `read` resolves
+/// ([`crate::reload`]).
+pub async fn serve(settings: &Settings, listen: Option<String>, read: ReadSettings) -> anyhow::Result<()> {
     let limits = settings.file.host.limits;
     let pool = PoolSettings {
         keep_warm: true,
@@ -39,9 +43,12 @@ pub async fn serve(settings: &Settings, listen: Option<String>) -> anyhow::Resul
         crate::edge::descriptor_limit().context("reading the descriptor limit")?,
         u64::from(pool.max_connections) * pools,
     )?;
-    let tls = match settings.tls_files()? {
-        Some((cert, key)) => Some(crate::tls::acceptor(cert, key)?),
-        None => None,
+    let (tls, certificates) = match settings.tls_files()? {
+        Some((cert, key)) => {
+            let (acceptor, certificates) = crate::tls::reloadable_acceptor(cert, key)?;
+            (Some(acceptor), Some(certificates))
+        }
+        None => (None, None),
     };
     let sandbox = Arc::new(settings.sandbox()?);
     let auth = Authenticator::new(sandbox.clone(), &settings.file)?;
@@ -56,7 +63,7 @@ pub async fn serve(settings: &Settings, listen: Option<String>) -> anyhow::Resul
         db = db.with_read_url(url, pool).await?;
     }
     let state = Arc::new(AppState {
-        auth,
+        providers: Providers::new(auth),
         pool: db.resolution_pool().clone(),
         resolver: None,
         metrics: Metrics::default(),
@@ -86,9 +93,13 @@ pub async fn serve(settings: &Settings, listen: Option<String>) -> anyhow::Resul
     }
     // Scripts and tests read the bound address (port 0 picks a free one).
     let shutdown = shutdown_signal(edge_limits.shutdown_grace)?;
+    let reloads = reload_on_hangup(Reloader::new(read, settings, certificates), state.clone())?;
     let scheme = if tls.is_some() { "https" } else { "http" };
     println!("idgate listening on {scheme}://{local}");
     let stopped = crate::edge::serve(listener, router(state), edge_limits, tls, shutdown).await;
+    // The handler stays installed (a late SIGHUP is ignored, not fatal);
+    // only reloading stops.
+    reloads.abort();
     if stopped.cut > 0 {
         tracing::warn!(
             connections = stopped.cut,
@@ -133,26 +144,14 @@ pub async fn bind(addr: &str) -> std::io::Result<tokio::net::TcpListener> {
 /// arrives before the server is polled (say, right after the address is printed)
 /// must still mean a graceful shutdown, not the default action of dying at once
 /// with the embedded cluster left running.
-///
-/// SIGHUP, an operator's habitual "reload", would by default kill the process;
-/// until idgate can reload, it is logged and otherwise ignored (the handler
-/// stays installed through the drain too).
 fn shutdown_signal(grace: Duration) -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut interrupt = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
     let mut terminate = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
-    let mut hangup = signal(SignalKind::hangup()).context("listening for SIGHUP")?;
     Ok(async move {
-        let signal = loop {
-            // Biased: a SIGHUP that came before a SIGTERM is logged before it.
-            tokio::select! {
-                biased;
-                _ = hangup.recv() => tracing::warn!(
-                    "SIGHUP received: reloading the configuration is not supported yet; still serving"
-                ),
-                _ = interrupt.recv() => break "SIGINT",
-                _ = terminate.recv() => break "SIGTERM",
-            }
+        let signal = tokio::select! {
+            _ = interrupt.recv() => "SIGINT",
+            _ = terminate.recv() => "SIGTERM",
         };
         tracing::info!(
             signal,
@@ -160,6 +159,21 @@ fn shutdown_signal(grace: Duration) -> anyhow::Result<impl std::future::Future<O
             "shutting down: no new connections; open ones get the grace period to finish"
         );
     })
+}
+
+/// Reloads on every SIGHUP, one reload at a time (signals that arrive during
+/// one are coalesced into the next). The handler is installed now, before the
+/// address is printed: SIGHUP's default action would kill the process.
+fn reload_on_hangup(reloader: Reloader, state: Arc<AppState>) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangup = signal(SignalKind::hangup()).context("listening for SIGHUP")?;
+    Ok(tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            tracing::info!("SIGHUP received: reloading the configuration and the plugin directory");
+            // The outcome is logged, counted and kept for `/readyz` by `reload`.
+            let _ = reloader.reload(&state).await;
+        }
+    }))
 }
 
 #[cfg(test)]

@@ -98,7 +98,7 @@ impl Settings {
     }
 
     /// Loads the plugins under the configured limits, enforcing the pins; without
-    /// pins, warns naming every plugin loaded unpinned.
+    /// pins, warns naming every plugin loaded unpinned ([`warn_unpinned`]).
     pub fn sandbox(&self) -> anyhow::Result<Sandbox> {
         let pins = self.pins()?;
         let sandbox = Sandbox::load_pinned(
@@ -107,18 +107,23 @@ impl Settings {
             self.file.host.sandbox.limits(),
             &pins,
         )?;
-        if pins.is_empty() && !sandbox.plugins().is_empty() {
-            let unpinned: Vec<String> = sandbox
-                .plugins()
-                .iter()
-                .map(|p| format!("{} ({})", p.provider, p.path.display()))
-                .collect();
-            tracing::warn!(
-                unpinned = %unpinned.join(", "),
-                "no [plugin_sha256] pins are configured: any .wasm in the plugin directory is trusted; \
-                 pin the digests `idgate plugins` prints"
-            );
-        }
+        warn_unpinned(&pins, &sandbox);
         Ok(sandbox)
+    }
+}
+
+/// Without pins, warns naming every plugin loaded unpinned.
+pub fn warn_unpinned(pins: &PluginPins, sandbox: &Sandbox) {
+    if pins.is_empty() && !sandbox.plugins().is_empty() {
+        let unpinned: Vec<String> = sandbox
+            .plugins()
+            .iter()
+            .map(|p| format!("{} ({})", p.provider, p.path.display()))
+            .collect();
+        tracing::warn!(
+            unpinned = %unpinned.join(", "),
+            "no [plugin_sha256] pins are configured: any .wasm in the plugin directory is trusted; \
+             pin the digests `idgate plugins` prints"
+        );
     }
 }

@@ -1,15 +1,18 @@
 //! TLS for `idgate serve`: the certificate chain and key from PEM files, served
 //! with rustls (the *ring* provider, as the rest of idgate), TLS 1.2 and 1.3,
-//! HTTP/2 and HTTP/1.1 offered by ALPN.
+//! HTTP/2 and HTTP/1.1 offered by ALPN. The certificate can be replaced while
+//! serving (a reload re-reads the files).
 
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use anyhow::{bail, Context};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 
 /// Largest PEM file read: a long chain is a few tens of KiB.
 const MAX_PEM_BYTES: u64 = 1 << 20;
@@ -22,6 +25,64 @@ pub const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
 /// does not belong to the key. Warns when the key file is readable by group or
 /// others, as sshd does for a host key.
 pub fn acceptor(cert_file: &Path, key_file: &Path) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    reloadable_acceptor(cert_file, key_file).map(|(acceptor, _)| acceptor)
+}
+
+/// [`acceptor`], with the handle that swaps the certificate it serves
+/// ([`Certificates::replace`]): a reload renews the certificate without
+/// touching the listener or the connections already open.
+pub fn reloadable_acceptor(
+    cert_file: &Path,
+    key_file: &Path,
+) -> anyhow::Result<(tokio_rustls::TlsAcceptor, Arc<Certificates>)> {
+    let certificates = Arc::new(Certificates {
+        current: RwLock::new(Arc::new(certified_key(cert_file, key_file)?)),
+    });
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_no_client_auth()
+        .with_cert_resolver(certificates.clone());
+    config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+    Ok((tokio_rustls::TlsAcceptor::from(Arc::new(config)), certificates))
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The certificate chain and key `serve` presents, replaceable while serving:
+/// each handshake takes the one current when it starts.
+#[derive(Debug)]
+pub struct Certificates {
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl Certificates {
+    /// Reads and checks `cert_file` and `key_file` as [`acceptor`] does and,
+    /// only if they make a usable certificate, serves it from the next
+    /// handshake on. On error the current certificate stays.
+    pub fn prepare(cert_file: &Path, key_file: &Path) -> anyhow::Result<PreparedCertificate> {
+        certified_key(cert_file, key_file).map(|key| PreparedCertificate(Arc::new(key)))
+    }
+
+    /// Serves `next` from the next handshake on.
+    pub fn replace(&self, next: PreparedCertificate) {
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = next.0;
+    }
+}
+
+/// A certificate read and checked, ready for [`Certificates::replace`].
+pub struct PreparedCertificate(Arc<CertifiedKey>);
+
+impl ResolvesServerCert for Certificates {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.read().unwrap_or_else(|e| e.into_inner()).clone())
+    }
+}
+
+/// The chain and key from the two files, checked to belong together.
+fn certified_key(cert_file: &Path, key_file: &Path) -> anyhow::Result<CertifiedKey> {
     let (certs, _) = read_pem(cert_file).with_context(|| format!("reading [tls] cert_file {}", cert_file.display()))?;
     let chain = CertificateDer::pem_slice_iter(&certs)
         .collect::<Result<Vec<_>, _>>()
@@ -39,21 +100,14 @@ pub fn acceptor(cert_file: &Path, key_file: &Path) -> anyhow::Result<tokio_rustl
             "the TLS private key is readable by group or others; chmod 600 it"
         );
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .context("TLS protocol versions")?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .with_context(|| {
-            format!(
-                "[tls] cert_file {} and key_file {} do not make a usable certificate",
-                cert_file.display(),
-                key_file.display()
-            )
-        })?;
-    config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
-    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+    // `from_der` also checks that the leaf's public key is the key's.
+    CertifiedKey::from_der(chain, key, &provider()).with_context(|| {
+        format!(
+            "[tls] cert_file {} and key_file {} do not make a usable certificate",
+            cert_file.display(),
+            key_file.display()
+        )
+    })
 }
 
 /// Reads a PEM file through one descriptor, with its mode as seen on that

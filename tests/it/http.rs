@@ -13,6 +13,7 @@ use idgate::authenticate::Authenticator;
 use idgate::config::FileConfig;
 use idgate::db::registry::{add_agent, NewAgent};
 use idgate::metrics::Metrics;
+use idgate::providers::Providers;
 use idgate::sandbox::Sandbox;
 use idgate_tests::pg::{fresh_database, TestDb};
 use idgate_tests::{component_cache_dir, root, sandbox, test_limits, test_plugin_dir, test_plugin_dir_needs_config};
@@ -210,7 +211,7 @@ async fn quickstart_through_the_binary() {
 pub(crate) async fn serve_router(sandbox: Arc<Sandbox>, config: &str, pool: sqlx::PgPool, limits: ApiLimits) -> String {
     let file = FileConfig::parse(config).unwrap();
     let state = Arc::new(AppState {
-        auth: Authenticator::new(sandbox, &file).unwrap(),
+        providers: Providers::new(Authenticator::new(sandbox, &file).unwrap()),
         pool,
         resolver: None,
         metrics: Metrics::default(),

@@ -13,6 +13,7 @@ mod http;
 mod mounts;
 mod oidc;
 mod plugin_trust;
+mod reload;
 mod replicas;
 mod resolve;
 mod sandbox;

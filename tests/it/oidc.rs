@@ -21,11 +21,11 @@ use serde_json::{json, Value};
 const NOW: i64 = 1_750_000_000;
 
 /// Cluster A: an RSA service-account signing key (kube-apiserver's default).
-const ISSUER_A: &str = "https://kubernetes.default.svc.cluster.local";
+pub(crate) const ISSUER_A: &str = "https://kubernetes.default.svc.cluster.local";
 /// Cluster B: an EKS-style issuer with a P-256 key.
-const ISSUER_B: &str = "https://oidc.eks.eu-west-1.amazonaws.com/id/B5C2B1E0D4F3A2B1C0D9E8F7A6B5C4D3";
+pub(crate) const ISSUER_B: &str = "https://oidc.eks.eu-west-1.amazonaws.com/id/B5C2B1E0D4F3A2B1C0D9E8F7A6B5C4D3";
 /// The audience the operator sets in the pod's projected token volume.
-const AUDIENCE: &str = "idgate";
+pub(crate) const AUDIENCE: &str = "idgate";
 const GITHUB_ISSUER: &str = "https://token.actions.githubusercontent.com";
 
 enum Private {
@@ -35,7 +35,7 @@ enum Private {
 }
 
 /// A signing key and the JWK its issuer publishes.
-struct TestKey {
+pub(crate) struct TestKey {
     kid: String,
     private: Private,
 }
@@ -59,7 +59,7 @@ impl TestKey {
         }
     }
 
-    fn jwks(&self) -> Value {
+    pub(crate) fn jwks(&self) -> Value {
         json!({ "keys": [self.jwk()] })
     }
 
@@ -78,20 +78,20 @@ impl TestKey {
     }
 
     /// A token as the issuer signs it: its algorithm, its `kid`.
-    fn sign(&self, claims: &Value) -> String {
+    pub(crate) fn sign(&self, claims: &Value) -> String {
         let mut header = Header::new(self.alg());
         header.kid = Some(self.kid.clone());
         jsonwebtoken::encode(&header, claims, &self.encoding_key()).unwrap()
     }
 }
 
-struct Keys {
-    a: TestKey,
-    b: TestKey,
+pub(crate) struct Keys {
+    pub(crate) a: TestKey,
+    pub(crate) b: TestKey,
     github: TestKey,
 }
 
-fn keys() -> &'static Keys {
+pub(crate) fn keys() -> &'static Keys {
     static KEYS: OnceLock<Keys> = OnceLock::new();
     KEYS.get_or_init(|| {
         let rsa = || Private::Rsa(rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 2048).unwrap());
@@ -116,10 +116,15 @@ fn keys() -> &'static Keys {
 /// A projected service-account token's claims (Kubernetes' TokenRequest API,
 /// "Service account token volume projection"), for a pod in namespace `ns`.
 fn k8s_claims(issuer: &str, ns: &str, pod_uid: &str) -> Value {
+    k8s_claims_at(issuer, ns, pod_uid, NOW)
+}
+
+/// [`k8s_claims`] for a token issued at `now`.
+pub(crate) fn k8s_claims_at(issuer: &str, ns: &str, pod_uid: &str, now: i64) -> Value {
     json!({
         "aud": [AUDIENCE],
-        "exp": NOW + 3600,
-        "iat": NOW - 30,
+        "exp": now + 3600,
+        "iat": now - 30,
         "iss": issuer,
         "jti": "ea28ed49-2e11-4280-9ec5-bc3d1d84661a",
         "kubernetes.io": {
@@ -127,9 +132,9 @@ fn k8s_claims(issuer: &str, ns: &str, pod_uid: &str) -> Value {
             "node": { "name": "ip-10-0-1-17.eu-west-1.compute.internal", "uid": "58456cb0-dd00-45ed-b797-5578fdceaced" },
             "pod": { "name": "coder-ws-alice-5d9c7b8f6-x2k4p", "uid": pod_uid },
             "serviceaccount": { "name": "coder-agent", "uid": "a087d5a0-e1dd-43ec-93ac-f13d89cd13af" },
-            "warnafter": NOW + 3000,
+            "warnafter": now + 3000,
         },
-        "nbf": NOW - 30,
+        "nbf": now - 30,
         "sub": format!("system:serviceaccount:{ns}:coder-agent"),
     })
 }

@@ -163,6 +163,14 @@ fn resolve_settings(global: &GlobalArgs) -> anyhow::Result<Settings> {
     })
 }
 
+/// `--tls-cert-file` and `--tls-key-file` win over `[tls]` (and its
+/// `IDGATE_TLS_*` variables).
+fn with_tls_flags(settings: &mut Settings, (cert, key): &(Option<PathBuf>, Option<PathBuf>)) {
+    let tls = &mut settings.file.host.tls;
+    tls.cert_file = cert.clone().or(tls.cert_file.take());
+    tls.key_file = key.clone().or(tls.key_file.take());
+}
+
 fn default_plugin_dir() -> PathBuf {
     let data = std::env::var_os("XDG_DATA_HOME")
         .filter(|d| !d.is_empty())
@@ -177,11 +185,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     crate::logging::init(settings.file.host.log_format.as_deref());
     match cli.command {
         Command::Serve(args) => {
-            // The flags win over `[tls]` (and its IDGATE_TLS_* variables).
-            let tls = &mut settings.file.host.tls;
-            tls.cert_file = args.tls_cert_file.or(tls.cert_file.take());
-            tls.key_file = args.tls_key_file.or(tls.key_file.take());
-            crate::serve::serve(&settings, args.listen).await?;
+            let flags = (args.tls_cert_file, args.tls_key_file);
+            with_tls_flags(&mut settings, &flags);
+            // A reload resolves the settings as start-up did: the same flags
+            // and environment, the file as it is then.
+            let global = cli.global;
+            let read: crate::reload::ReadSettings = Box::new(move || {
+                let mut settings = resolve_settings(&global)?;
+                with_tls_flags(&mut settings, &flags);
+                Ok(settings)
+            });
+            crate::serve::serve(&settings, args.listen, read).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Migrate => {

@@ -24,27 +24,25 @@
 //!   checked (`cache.rs`, [`crate::file_trust`]), never from a path reopened.
 
 mod cache;
+mod configure;
 mod contract;
 mod engine;
 mod limits;
+mod load;
 mod snapshot;
 mod versions;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
 use idgate_plugin_kit::{Identity, VerifyError};
-use wasmtime::component::{Component, HasSelf, InstancePre, Linker};
 use wasmtime::Engine;
 
-use crate::pins::PluginPins;
-use cache::{Cache, PluginDir};
+use cache::Cache;
 use contract::since_v0_1_0;
 pub use contract::SUPPORTED_CONTRACTS;
-use engine::{link_random, new_engine};
 use limits::{CallState, Ticker};
 use versions::Configurable;
 
@@ -148,6 +146,7 @@ impl std::fmt::Display for CallError {
 impl std::error::Error for CallError {}
 
 /// A loaded plugin, linked for the contract it speaks.
+#[derive(Clone)]
 enum Linked {
     V0_1(since_v0_1_0::ProviderPre<CallState>),
     /// 0.2.0 and later: configured once, then snapshotted.
@@ -253,234 +252,28 @@ impl std::fmt::Debug for Configured {
 }
 
 /// The loaded plugins and the engine that runs them.
+///
+/// A reload ([`Sandbox::reload`]) makes a new `Sandbox` on the same engine,
+/// cache, permits and epoch ticker; the old one stays valid for the calls
+/// still running on it.
 pub struct Sandbox {
     engine: Engine,
-    plugins: BTreeMap<String, Plugin>,
+    plugins: BTreeMap<String, Arc<Plugin>>,
     limits: Limits,
-    cache: Option<Cache>,
+    cache: Option<Arc<Cache>>,
     permits: Arc<tokio::sync::Semaphore>,
-    _ticker: Ticker,
+    _ticker: Arc<Ticker>,
 }
 
 impl Sandbox {
-    /// Loads every `*.wasm` in `dir` without digest pins (see [`Sandbox::load_pinned`]).
-    pub fn load(dir: &Path, cache_dir: Option<&Path>, limits: Limits) -> anyhow::Result<Sandbox> {
-        Self::load_pinned(dir, cache_dir, limits, &PluginPins::default())
-    }
-
-    /// Loads every `*.wasm` in `dir`. With `cache_dir`, compiled artifacts are
-    /// reused across restarts. Fails, naming the file, if any plugin cannot be
-    /// loaded, speaks an unsupported contract, or duplicates a provider; if a
-    /// directory or file is not trusted ([`crate::file_trust`]); and, with any pin
-    /// configured, if a plugin's SHA-256 is not the one pinned for its provider.
-    /// Plugins are configured afterwards, with [`Sandbox::configure`].
-    pub fn load_pinned(
-        dir: &Path,
-        cache_dir: Option<&Path>,
-        limits: Limits,
-        pins: &PluginPins,
-    ) -> anyhow::Result<Sandbox> {
-        let plugin_dir = PluginDir::open(dir)?;
-        let engine = new_engine(&limits)?;
-        let names = plugin_dir.wasm_names()?;
-        let cache = cache_dir.map(|c| Cache::open(c, &engine)).transpose()?;
-        let mut sandbox = Sandbox {
-            plugins: BTreeMap::new(),
-            limits,
-            cache,
-            permits: Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent.max(1))),
-            _ticker: Ticker::start(engine.clone()),
-            engine,
-        };
-        for name in names {
-            let shown = dir.join(&name);
-            let plugin = plugin_dir
-                .read(&name)
-                .and_then(|(path, bytes)| sandbox.load_one(&path, bytes, pins))
-                .with_context(|| format!("loading plugin {}", shown.display()))?;
-            if let Some(other) = sandbox.plugins.get(&plugin.info.provider) {
-                bail!(
-                    "plugins {} and {} both serve provider {:?}",
-                    other.info.path.display(),
-                    shown.display(),
-                    plugin.info.provider
-                );
-            }
-            sandbox.plugins.insert(plugin.info.provider.clone(), plugin);
-        }
-        Ok(sandbox)
-    }
-
-    /// Loads one plugin from `bytes`, read from the checked descriptor of `path`.
-    fn load_one(&self, path: &Path, bytes: Vec<u8>, pins: &PluginPins) -> anyhow::Result<Plugin> {
-        let sha256 = hex(ring::digest::digest(&ring::digest::SHA256, &bytes).as_ref());
-        pins.check_file(path, &sha256)?;
-        let (component, cached) = self.compile_cached(&bytes, &sha256)?;
-        // The contract is recognised by the exports: try the newest first.
-        let pre = self.instance_pre(&component)?;
-        let (linked, info, expected) = if let Some(configurable) = Configurable::link(&pre) {
-            let info = self
-                .call("(loading)", &HostInputs::default(), |store| configurable.info(store))
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            let expected = configurable.contract();
-            (Linked::Configurable(configurable), info, expected)
-        } else {
-            let pre = since_v0_1_0::ProviderPre::new(pre).map_err(|e| {
-                anyhow::anyhow!(
-                    "the component does not export a supported contract (this host speaks {SUPPORTED_CONTRACTS:?}): {e}"
-                )
-            })?;
-            let info = self
-                .call("(loading)", &HostInputs::default(), |store| {
-                    pre.instantiate(&mut *store)?
-                        .idgate_identity_verify_identity()
-                        .call_info(store)
-                })
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            (Linked::V0_1(pre), (info.name, info.contract), "0.1.0")
-        };
-        let (name, contract) = info;
-        pins.check_provider(path, &name, &sha256)?;
-        if contract != expected {
-            bail!("the plugin says it speaks contract {contract}, but it exports contract {expected}");
-        }
-        if name.is_empty()
-            || !name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        {
-            bail!("provider name {name:?} must be lower-case letters, digits and '-'");
-        }
-        Ok(Plugin {
-            info: PluginInfo {
-                provider: name,
-                contract,
-                sha256,
-                path: path.to_path_buf(),
-                cached,
-            },
-            wasm: bytes.into(),
-            linked,
-        })
-    }
-
-    /// Links `component` with exactly the imports it declares: the contract's
-    /// host functions (both versions are offered; a component only picks up
-    /// those it imports), `wasi:random`, and a trap for every other import.
-    ///
-    /// Why an `InstancePre`: import resolution and type checks happen here,
-    /// once; each call's instantiation only walks the already-resolved list.
-    /// Why traps only for what the component imports: the stubs cost nothing
-    /// per call beyond that list, and a component importing only `crypto` and
-    /// `wasi:random` gets no stubs at all.
-    fn instance_pre(&self, component: &Component) -> anyhow::Result<InstancePre<CallState>> {
-        let mut linker: Linker<CallState> = Linker::new(&self.engine);
-        since_v0_1_0::Provider::add_to_linker::<CallState, HasSelf<CallState>>(&mut linker, |s| s)?;
-        contract::since_v0_2_0::Provider::add_to_linker::<CallState, HasSelf<CallState>>(&mut linker, |s| s)?;
-        contract::since_v0_3_0::Provider::add_to_linker::<CallState, HasSelf<CallState>>(&mut linker, |s| s)?;
-        link_random(&mut linker, component, &self.engine)?;
-        linker.define_unknown_imports_as_traps(component)?;
-        Ok(linker.instantiate_pre(component)?)
-    }
-
-    /// The component compiled from `bytes` (whose SHA-256 is `sha256`): from the
-    /// cache when it holds a trusted entry, else compiled now and cached.
-    fn compile_cached(&self, bytes: &[u8], sha256: &str) -> anyhow::Result<(Component, bool)> {
-        let Some(cache) = &self.cache else {
-            return Ok((Component::new(&self.engine, bytes)?, false));
-        };
-        let entry = cache.component_entry(sha256);
-        if let Some(component) = cache.load(&self.engine, &entry) {
-            return Ok((component, true));
-        }
-        let component = Component::new(&self.engine, bytes)?;
-        cache.store(&component, &entry);
-        Ok((component, false))
-    }
-
-    /// Configures `provider`'s plugin with its provider block and returns the
-    /// image its calls start from. For a 0.2.0 plugin this runs `configure` once
-    /// and snapshots the result (cached on disk by plugin, configuration and
-    /// engine); a configuration the plugin refuses is an error naming the plugin
-    /// and the plugin's reason (which names the key). A 0.1.0 plugin has no
-    /// configure step: its block is kept and sent with every call.
-    pub fn configure(&self, provider: &str, config: &serde_json::Value) -> anyhow::Result<Configured> {
-        let plugin = self
-            .plugins
-            .get(provider)
-            .ok_or_else(|| anyhow::anyhow!("no plugin is loaded for provider {provider:?}"))?;
-        let (image, cached, trust) = match &plugin.linked {
-            Linked::V0_1(pre) => (
-                Image::PerCall {
-                    pre: pre.clone(),
-                    config: config.clone(),
-                },
-                plugin.info.cached,
-                Vec::new(),
-            ),
-            Linked::Configurable(like) => {
-                let (component, cached) = self
-                    .configured_component(plugin, like, &config.to_string())
-                    .with_context(|| format!("configuring the {provider} plugin ({})", plugin.info.path.display()))?;
-                let pre = like
-                    .relink(&self.instance_pre(&component)?)
-                    .context("the configured snapshot lost its contract")?;
-                let trust = self
-                    .call(provider, &HostInputs::default(), |store| pre.trust(store))
-                    .map_err(|e| anyhow::anyhow!("{e} while listing its trust anchors"))?;
-                (Image::Snapshot(pre), cached, trust)
-            }
-        };
-        Ok(Configured(Arc::new(ConfiguredPlugin {
-            provider: provider.to_string(),
-            image,
-            cached,
-            trust,
-        })))
-    }
-
-    /// The compiled snapshot of `plugin` configured with `config`, from the
-    /// cache or made now.
-    fn configured_component(
-        &self,
-        plugin: &Plugin,
-        like: &Configurable,
-        config: &str,
-    ) -> anyhow::Result<(Component, bool)> {
-        let config_sha = hex(ring::digest::digest(&ring::digest::SHA256, config.as_bytes()).as_ref());
-        let entry = self
-            .cache
-            .as_ref()
-            .map(|cache| (cache, cache.configured_entry(&plugin.info.sha256, &config_sha)));
-        if let Some(component) = entry.as_ref().and_then(|(cache, name)| cache.load(&self.engine, name)) {
-            return Ok((component, true));
-        }
-        let instrumented = snapshot::instrument(&plugin.wasm)?;
-        let instrumented_sha = hex(ring::digest::digest(&ring::digest::SHA256, &instrumented.wasm).as_ref());
-        let (component, _) = self.compile_cached(&instrumented.wasm, &instrumented_sha)?;
-        let pre = self.instance_pre(&component)?;
-        let provider = plugin.info.provider.as_str();
-        let mut store = self.new_store(&HostInputs::default());
-        let instance = pre.instantiate(&mut store)?;
-        let outcome = self.guard(&mut store, provider, Instant::now(), |store| {
-            like.configure_instance(store, &instance, config)
-        });
-        match outcome {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => bail!("the {provider} plugin refused its configuration: {e}"),
-            Err(e) => bail!("{e} while configuring"),
-        }
-        let configured = instrumented.snapshot(&mut store, instance)?;
-        let component = Component::new(&self.engine, &configured)?;
-        if let Some((cache, name)) = &entry {
-            cache.store(&component, name);
-        }
-        Ok((component, false))
-    }
-
     /// The loaded plugins, by provider name.
     pub fn plugins(&self) -> Vec<PluginInfo> {
         self.plugins.values().map(|p| p.info.clone()).collect()
+    }
+
+    /// What the host knows about the plugin serving `provider`, if one does.
+    pub fn plugin(&self, provider: &str) -> Option<&PluginInfo> {
+        self.plugins.get(provider).map(|p| &p.info)
     }
 
     /// Whether a plugin serves `provider`.
