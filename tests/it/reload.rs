@@ -123,34 +123,10 @@ impl Live {
         post(&self.client, &self.served.base, segment, body).await
     }
 
-    /// Reloads counted in `/metrics`: (succeeded, failed).
-    async fn reload_counts(&self) -> (u64, u64) {
-        let (_, metrics) = self.get("/metrics").await;
-        let count = |result: &str| {
-            let prefix = format!("idgate_reloads_total{{result=\"{result}\"}} ");
-            metrics
-                .lines()
-                .find_map(|l| l.strip_prefix(&prefix))
-                .map_or(0, |n| n.trim().parse().unwrap())
-        };
-        (count("ok"), count("failed"))
-    }
-
     /// Sends SIGHUP and waits until the reload it starts has finished;
     /// whether it succeeded.
     async fn hup(&self) -> bool {
-        let (ok, failed) = self.reload_counts().await;
-        // SAFETY: plain kill(2) on our own child.
-        unsafe { libc::kill(self.served.child.id() as i32, libc::SIGHUP) };
-        for _ in 0..1200 {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            let now = self.reload_counts().await;
-            if now != (ok, failed) {
-                assert_eq!(now.0 + now.1, ok + failed + 1, "one SIGHUP, one reload");
-                return now.0 > ok;
-            }
-        }
-        panic!("no reload finished within 60 s of SIGHUP");
+        hup(&self.client, &self.served).await
     }
 
     /// Stops the server (SIGTERM) and returns its logs.
@@ -163,6 +139,43 @@ impl Live {
         assert!(status.success(), "{status}\n{logs}");
         logs
     }
+}
+
+/// Reloads counted in `served`'s `/metrics`: (succeeded, failed).
+async fn reload_counts(client: &reqwest::Client, served: &Served) -> (u64, u64) {
+    let metrics = client
+        .get(format!("{}/metrics", served.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let count = |result: &str| {
+        let prefix = format!("idgate_reloads_total{{result=\"{result}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .map_or(0, |n| n.trim().parse().unwrap())
+    };
+    (count("ok"), count("failed"))
+}
+
+/// Sends `served` SIGHUP and waits until the reload it starts has finished;
+/// whether it succeeded.
+pub(crate) async fn hup(client: &reqwest::Client, served: &Served) -> bool {
+    let (ok, failed) = reload_counts(client, served).await;
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(served.child.id() as i32, libc::SIGHUP) };
+    for _ in 0..1200 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = reload_counts(client, served).await;
+        if now != (ok, failed) {
+            assert_eq!(now.0 + now.1, ok + failed + 1, "one SIGHUP, one reload");
+            return now.0 > ok;
+        }
+    }
+    panic!("no reload finished within 60 s of SIGHUP");
 }
 
 async fn post(client: &reqwest::Client, base: &str, segment: &str, body: &Value) -> (u16, Value) {
@@ -472,4 +485,97 @@ async fn twenty_reloads_under_64_clients_fail_no_request() {
         "{logs}"
     );
     assert_eq!(logs.matches("reload failed").count(), 1, "{logs}");
+}
+
+/// A reload that fails anywhere — the file, a block the plugin refuses, a
+/// plugin file others may write, a file that is no component, two plugins for
+/// one provider — changes nothing: the previous set serves on and `/readyz`
+/// names the reason until a reload succeeds.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_that_fails_anywhere_changes_nothing() {
+    use std::os::unix::fs::PermissionsExt;
+    let db = fresh_database().await;
+    let before = register(&db, "echo-1", "{\"v\":1}", "main").await;
+    let after = register(&db, "echo-2", "{\"v\":2}", "main").await;
+    let misbehave = plugin("test-plugins/misbehave.wasm");
+    let live = Live::start(&db, &[(misbehave.clone(), "misbehave.wasm")], "[misbehave]\nv = 1\n");
+    let serving = |token: String| {
+        let live = &live;
+        async move {
+            let (status, body) = live.post("misbehave-instance-identity", &json!({"do": "echo"})).await;
+            assert_eq!(
+                (status, body["session_token"].as_str()),
+                (200, Some(token.as_str())),
+                "{body}"
+            );
+        }
+    };
+    let ready_says = |reason: &'static str| {
+        let live = &live;
+        async move {
+            let (status, ready) = live.get("/readyz").await;
+            assert_eq!(status, 200, "{ready}");
+            assert!(
+                ready.contains("the last reload") && ready.contains(reason),
+                "{reason:?} not in {ready}"
+            );
+        }
+    };
+
+    live.write_config("[misbehave\nv = 2\n");
+    assert!(!live.hup().await);
+    serving(before.clone()).await;
+    ready_says("reading the configuration").await;
+
+    live.write_config("[misbehave]\nv = 2\nconfigure = \"refuse\"\n");
+    assert!(!live.hup().await);
+    serving(before.clone()).await;
+    ready_says("refused its configuration").await;
+
+    live.write_config("[misbehave]\nv = 2\n");
+    live.put_plugin(&plugin("test-plugins/aws.wasm"), "other.wasm");
+    let other = live.plugins().join("other.wasm");
+    std::fs::set_permissions(&other, std::fs::Permissions::from_mode(0o666)).unwrap();
+    assert!(!live.hup().await);
+    serving(before.clone()).await;
+    ready_says("other.wasm").await;
+    std::fs::remove_file(&other).unwrap();
+
+    std::fs::write(live.plugins().join("junk.wasm"), b"\0asm junk").unwrap();
+    assert!(!live.hup().await);
+    serving(before.clone()).await;
+    ready_says("junk.wasm").await;
+    std::fs::remove_file(live.plugins().join("junk.wasm")).unwrap();
+
+    live.put_plugin(&misbehave, "misbehave-copy.wasm");
+    assert!(!live.hup().await);
+    serving(before.clone()).await;
+    ready_says("both serve provider").await;
+    live.remove_plugin("misbehave-copy.wasm");
+
+    assert!(live.hup().await);
+    serving(after).await;
+    let (_, ready) = live.get("/readyz").await;
+    assert!(!ready.contains("the last reload"), "{ready}");
+    live.stop();
+}
+
+/// Reloading the same files keeps every configured image (nothing is
+/// configured again); changing one block configures that mount only, and a
+/// mount that is gone is reported removed.
+#[test]
+fn a_reload_keeps_what_did_not_change() {
+    use idgate::authenticate::Authenticator;
+    use idgate::config::FileConfig;
+    let sandbox = idgate_tests::sandbox().clone();
+    let file = FileConfig::parse("[misbehave]\nv = 1\n[mounts.second]\nplugin = \"misbehave\"\nv = 1\n").unwrap();
+    let first = Authenticator::new(sandbox.clone(), &file).unwrap();
+    let (same, changes) = first.reload(sandbox.clone(), &file).unwrap();
+    assert!(changes.configured.is_empty(), "{changes:?}");
+    assert!(changes.kept.contains(&"misbehave".to_string()) && changes.kept.contains(&"second".to_string()));
+    let changed = FileConfig::parse("[misbehave]\nv = 2\n").unwrap();
+    let (_, changes) = same.reload(sandbox, &changed).unwrap();
+    assert_eq!(changes.configured, ["misbehave"], "{changes:?}");
+    assert_eq!(changes.removed, ["second"], "{changes:?}");
+    assert!(!changes.kept.contains(&"misbehave".to_string()));
 }

@@ -156,3 +156,45 @@ async fn a_broken_certificate_setting_is_a_clear_error() {
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("holds no CERTIFICATE block"), "{stderr}");
 }
+
+/// SIGHUP reads the certificate files again: a replacement whose key does not
+/// match fails the reload and the old certificate stays; a matching one is
+/// served to new connections, while a connection opened before goes on.
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_renews_the_certificate_and_keeps_open_connections() {
+    let db = fresh_database().await;
+    let agent = agent(&db);
+    let old = pki();
+    let new = pki();
+    let mut cmd = idgate(&db, &[]);
+    cmd.env("IDGATE_TLS_CERT_FILE", &old.cert)
+        .env("IDGATE_TLS_KEY_FILE", &old.key);
+    let mut served = serve_command(cmd);
+    let kept = client(&old).build().unwrap();
+    authenticate(&kept, &served.base, &agent).await;
+    // Only for reading `/metrics` whatever the certificate.
+    let any = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .unwrap();
+    let trusted_by = |pki: &Pki| {
+        let client = client(pki).build().unwrap();
+        let url = format!("{}/healthz", served.base);
+        async move { client.get(url).send().await.is_ok() }
+    };
+    assert!(!trusted_by(&new).await);
+
+    // The new certificate with the old key: refused, nothing changes.
+    std::fs::copy(&new.cert, &old.cert).unwrap();
+    assert!(!crate::reload::hup(&any, &served).await);
+    assert!(trusted_by(&old).await, "a failed reload changed the certificate");
+    // And with its own key: served from the next handshake on.
+    write_key(&old.key, &std::fs::read_to_string(&new.key).unwrap());
+    assert!(crate::reload::hup(&any, &served).await);
+    assert!(trusted_by(&new).await, "the renewed certificate is not served");
+    assert!(!trusted_by(&old).await, "the old certificate is still served");
+    // The connection opened before the reload still answers.
+    authenticate(&kept, &served.base, &agent).await;
+
+    assert!(terminate(&mut served, libc::SIGTERM, GUARD).await.success());
+}
