@@ -8,7 +8,7 @@
 //!
 //! `cargo run --release -p idgate-bench -- SECTION...` runs only the named
 //! sections (`statements`, `storm`, `throughput` — after a storm of its own —,
-//! `ceiling`) and prints their Markdown instead of
+//! `ceiling`, `reload`) and prints their Markdown instead of
 //! writing `BENCHMARKS.md` (plugins must have been built).
 
 mod baseline;
@@ -19,6 +19,7 @@ mod credentials;
 mod fixtures;
 mod heavy_body;
 mod http_load;
+mod reload;
 mod sandbox_costs;
 mod statements;
 mod stats;
@@ -147,7 +148,7 @@ fn main() -> anyhow::Result<()> {
         let secs = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(5.0);
         return sandbox_costs::profile(&env, provider, secs);
     }
-    const SECTIONS: [&str; 4] = ["statements", "storm", "throughput", "ceiling"];
+    const SECTIONS: [&str; 5] = ["statements", "storm", "throughput", "ceiling", "reload"];
     if let Some(unknown) = args.iter().find(|a| !SECTIONS.contains(&a.as_str())) {
         anyhow::bail!(
             "unknown section {unknown:?}: run all of them with no argument, or name `sandbox` or some of {SECTIONS:?}"
@@ -179,6 +180,7 @@ fn main() -> anyhow::Result<()> {
     sections.push(md);
     let (md, rows) = ceiling::run(&rt, &pg, &http, &scratch)?;
     sections.push(md);
+    sections.push(reload::run(&rt, &pg, &http, &env, &scratch)?);
     let charts = charts::draw(&charts_dir, &cells, &points);
     drop(rt);
     let version = pg.version.clone();
@@ -247,6 +249,10 @@ fn only(env: &Env, scratch: &std::path::Path, sections: &[String]) -> anyhow::Re
             "ceiling" => {
                 let http = keys(&mut http, env, scratch)?;
                 out.push_str(&ceiling::run(&rt, &pg, http, scratch)?.0);
+            }
+            "reload" => {
+                let http = keys(&mut http, env, scratch)?;
+                out.push_str(&reload::run(&rt, &pg, http, env, scratch)?);
             }
             other => unreachable!("checked: {other}"),
         }
