@@ -117,7 +117,10 @@ impl Harness {
     /// Runs the plugin's `configure` with `block` — the provider block as the
     /// plugin receives it, JSON (`{}` for none) — and snapshots the result, as
     /// `serve` does at start. A block the plugin refuses is an error whose
-    /// message carries the plugin's `bad-config` reason.
+    /// message carries the plugin's `bad-config` reason. What the host does to
+    /// an operator's block first (reading `K_file` values, keeping its own
+    /// keys such as `jwks_url` and `display_name`) is not done here: pass what
+    /// the plugin would receive.
     pub fn configure(&self, block: &serde_json::Value) -> anyhow::Result<Configured> {
         self.sandbox.configure(&self.info.provider, block)
     }
