@@ -371,7 +371,11 @@ fn test(extra: &[String]) -> Result {
 /// workspace build compiled, natively and for wasm32; only crates whose
 /// features the template resolves differently, and the path crates (kit,
 /// host), whose build hashes include their path relative to the workspace
-/// root, are compiled again.
+/// root, are compiled again. Measured on 2 cores: the first run after a
+/// workspace build compiled 42 crates in 4 m 51 s (the tests crate's
+/// dev-dependencies add features to `cipher`, `reqwest`, `sqlx`, ..., which
+/// reach `sha2` and so cranelift and wasmtime), the whole step 5 m 8 s; once
+/// those exist, 12 s, of which 8 s are the component tests.
 fn plugin_template_outside_the_workspace() -> Result {
     let source = root().join("examples/plugin-template");
     let copy = std::env::temp_dir().join(format!("idgate-plugin-template-{}", std::process::id()));
