@@ -17,6 +17,7 @@ pub mod edge;
 pub mod expiry;
 pub mod file_trust;
 pub mod go_json;
+pub mod harness;
 pub mod issuers;
 pub mod jwks;
 pub mod logging;
