@@ -17,7 +17,8 @@ use crate::http::{register, serve_router};
 /// The test-made Azure document's VM (its chains are valid to 2040).
 const VM: &str = "11111111-2222-3333-4444-555555555555";
 
-async fn post(client: &reqwest::Client, base: &str, segment: &str, body: &Value) -> (u16, Value) {
+/// POSTs `body` to `segment` under `/api/v2/workspaceagents/`: the status and the JSON answer.
+pub(crate) async fn post(client: &reqwest::Client, base: &str, segment: &str, body: &Value) -> (u16, Value) {
     let response = client
         .post(format!("{base}/api/v2/workspaceagents/{segment}"))
         .body(body.to_string())

@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 use sha2::Digest;
 
 use crate::http::{idgate_binary, register, serve_command, Served};
+use crate::mounts::post;
 use crate::oidc::{k8s_claims_at, keys, ISSUER_A, ISSUER_B};
 
 /// The AWS instance of `examples/aws-request.json` (a real, signed document).
@@ -176,18 +177,6 @@ pub(crate) async fn hup(client: &reqwest::Client, served: &Served) -> bool {
         }
     }
     panic!("no reload finished within 60 s of SIGHUP");
-}
-
-async fn post(client: &reqwest::Client, base: &str, segment: &str, body: &Value) -> (u16, Value) {
-    let response = client
-        .post(format!("{base}/api/v2/workspaceagents/{segment}"))
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    let text = response.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
 }
 
 /// Clients authenticating in a loop until stopped; every answer that is not
