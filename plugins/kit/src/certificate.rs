@@ -60,6 +60,8 @@ pub struct Cert {
     pub tbs: Vec<u8>,
     /// The SubjectPublicKeyInfo, DER.
     pub spki: Vec<u8>,
+    /// The serialNumber INTEGER's content bytes (as a SignerInfo names it).
+    pub serial: Vec<u8>,
     /// The outer signatureAlgorithm OID.
     pub signature_alg: String,
     /// The signature bits.
@@ -116,6 +118,7 @@ impl Cert {
             der: der.to_vec(),
             tbs,
             spki,
+            serial: tbs_cert.serial_number.as_bytes().to_vec(),
             signature_alg: cert.signature_algorithm.oid.to_string(),
             signature,
             subject: tbs_cert.subject.clone(),

@@ -7,7 +7,8 @@
 //! - [`SignedData::content`]: the encapsulated content (eContent octets, reassembled if segmented).
 //! - [`SignedData::certificates`]: the DER certificates the PKCS#7 carries, original bytes.
 //! - [`SignedData::signer_id`] ([`SignerId`]: issuer+serial or SKI), [`SignedData::signer_matches`]
-//!   `(cert_der)`, [`SignedData::find_signer_certificate`]`(extra)`: locate the signer's certificate.
+//!   `(cert_der)`, [`SignedData::signer_matches_cert`]`(cert)`, [`SignedData::find_signer_certificate`]`(extra)`:
+//!   locate the signer's certificate.
 //! - [`SignedData::verify_signer`]`(crypto, spki_der, allow_rsa1024)`: messageDigest + signature over
 //!   the signed attributes (or directly over the content when there are none). `BadSignature` if
 //!   it does not verify, `UntrustedSigner` if the key does not fit the algorithm, `Malformed` for
@@ -20,6 +21,7 @@ use der::{Decode, Encode, Tag, Tagged};
 use x509_cert::Certificate;
 
 use crate::ber;
+use crate::certificate::Cert;
 use crate::{Crypto, DigestAlgorithm, SignatureAlgorithm, VerifyError};
 
 /// Largest PKCS#7 accepted; real ones are a few KiB.
@@ -99,7 +101,12 @@ pub fn parse_with_max_certificates(bytes: &[u8], max: usize) -> Result<SignedDat
             bytes.len()
         )));
     }
-    let der = ber::to_der(bytes).map_err(malformed)?;
+    // DER (Azure's) as it is; BER (AWS's) rewritten.
+    let der: std::borrow::Cow<[u8]> = if ber::is_der(bytes) {
+        bytes.into()
+    } else {
+        ber::to_der(bytes).map_err(malformed)?.into()
+    };
     let raw = RawParts::find(&der).map_err(malformed)?;
     if raw.certificates.len() > max {
         return Err(VerifyError::UntrustedSigner(format!(
@@ -273,6 +280,15 @@ impl SignedData {
                 ext.extn_id == ID_SUBJECT_KEY_ID
                     && OctetString::from_der(ext.extn_value.as_bytes()).is_ok_and(|v| v.as_bytes() == ski.as_slice())
             }),
+        }
+    }
+
+    /// [`SignedData::signer_matches`] for a certificate already decoded (by
+    /// [`Cert::parse`] from the same DER): no second decode for issuer and serial.
+    pub fn signer_matches_cert(&self, cert: &Cert) -> bool {
+        match &self.signer_id {
+            SignerId::IssuerAndSerial { issuer, serial } => cert.issuer == *issuer && cert.serial == *serial,
+            SignerId::SubjectKeyId(_) => self.signer_matches(&cert.der),
         }
     }
 
