@@ -77,19 +77,21 @@ pub fn verify_pkcs7(crypto: &dyn Crypto, pkcs7: &[u8], config: &Config, now: i64
     let mut decoded: Vec<(&[u8], Decoded)> = signed
         .certificates()
         .iter()
-        .map(|der| {
+        .zip(signed.decoded_certificates())
+        .map(|(der, x509)| {
             let known = config.store.intermediates.iter().find(|c| c.der == *der);
-            let cert = known.map_or_else(|| Cert::parse(der).map(Cow::Owned), |c| Ok(Cow::Borrowed(c)));
+            let cert = match known {
+                Some(c) => Ok(Cow::Borrowed(c)),
+                None => Cert::from_certificate(der, x509).map(Cow::Owned),
+            };
             (der.as_slice(), cert)
         })
         .collect();
     // The first the SignerInfo names, as `SignedData::find_signer_certificate` picks it.
-    let at = decoded
+    let at = signed
+        .decoded_certificates()
         .iter()
-        .position(|(der, cert)| match cert {
-            Ok(cert) => signed.signer_matches_cert(cert),
-            Err(_) => signed.signer_matches(der),
-        })
+        .position(|x509| signed.signer_matches_decoded(x509))
         .ok_or_else(|| VerifyError::UntrustedSigner("the PKCS#7 does not carry its signer's certificate".into()))?;
     let signer = decoded
         .remove(at)

@@ -135,6 +135,11 @@ impl Node<'_> {
     }
 }
 
+/// Appends a minimal definite length (for callers re-encoding DER parts).
+pub fn push_der_length(out: &mut Vec<u8>, len: usize) {
+    push_length(out, len);
+}
+
 /// Appends a minimal definite length.
 fn push_length(out: &mut Vec<u8>, len: usize) {
     if len < 0x80 {

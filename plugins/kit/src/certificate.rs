@@ -60,8 +60,6 @@ pub struct Cert {
     pub tbs: Vec<u8>,
     /// The SubjectPublicKeyInfo, DER.
     pub spki: Vec<u8>,
-    /// The serialNumber INTEGER's content bytes (as a SignerInfo names it).
-    pub serial: Vec<u8>,
     /// The outer signatureAlgorithm OID.
     pub signature_alg: String,
     /// The signature bits.
@@ -96,6 +94,12 @@ impl Cert {
     /// Decodes a DER certificate; the error says what is wrong.
     pub fn parse(der: &[u8]) -> Result<Cert, String> {
         let cert = Certificate::from_der(der).map_err(|e| format!("not an X.509 certificate: {e}"))?;
+        Cert::from_certificate(der, &cert)
+    }
+
+    /// [`Cert::parse`] of `der` when it has been decoded already (`cert`, from
+    /// the same bytes: a PKCS#7's, say): the checks and fields without a second decode.
+    pub fn from_certificate(der: &[u8], cert: &Certificate) -> Result<Cert, String> {
         let outer = ber::der_element(der)?;
         let tbs = ber::der_elements(outer.content)?
             .first()
@@ -118,7 +122,6 @@ impl Cert {
             der: der.to_vec(),
             tbs,
             spki,
-            serial: tbs_cert.serial_number.as_bytes().to_vec(),
             signature_alg: cert.signature_algorithm.oid.to_string(),
             signature,
             subject: tbs_cert.subject.clone(),
