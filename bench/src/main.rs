@@ -9,8 +9,10 @@
 //! `cargo run --release -p idgate-bench -- SECTION...` runs only the named
 //! sections (`statements`, `storm`, `throughput` — after a storm of its own —,
 //! `ceiling`, `reload`) and prints their Markdown instead of
-//! writing `BENCHMARKS.md` (plugins must have been built).
+//! writing `BENCHMARKS.md` (plugins must have been built). `sandbox` and
+//! `azure` (Azure's budget alone) need no PostgreSQL.
 
+mod azure_budget;
 mod baseline;
 mod ceiling;
 mod charts;
@@ -133,7 +135,17 @@ fn main() -> anyhow::Result<()> {
     // `-- sandbox`: only the sandbox-costs section, printed (BENCHMARKS.md is left alone);
     // it needs no PostgreSQL.
     if args.first().map(String::as_str) == Some("sandbox") {
-        print!("{}{}", sandbox_costs::run(&env), heavy_body::run(&env));
+        print!(
+            "{}{}{}",
+            sandbox_costs::run(&env),
+            azure_budget::run(&env),
+            heavy_body::run(&env)
+        );
+        return Ok(());
+    }
+    // `-- azure`: only Azure's budget (Azure's verification against AWS's), printed.
+    if args.first().map(String::as_str) == Some("azure") {
+        print!("{}", azure_budget::run(&env));
         return Ok(());
     }
     // `-- heavy`: only the cost-caps row (the review's heavy Azure body), printed.
@@ -141,7 +153,8 @@ fn main() -> anyhow::Result<()> {
         print!("{}", heavy_body::run(&env));
         return Ok(());
     }
-    // `-- profile-sandbox PROVIDER SECONDS`: verify that provider's genuine
+    // `-- profile-sandbox PROVIDER SECONDS`: verify that provider's genuine (or, as
+    // `aws-http` / `azure-http`, the HTTP rows' test-made)
     // credential in a loop, for `perf record` (with IDGATE_WASM_PERFMAP=1).
     if args.first().map(String::as_str) == Some("profile-sandbox") {
         let provider = args.get(1).map_or("aws", String::as_str);
@@ -151,7 +164,7 @@ fn main() -> anyhow::Result<()> {
     const SECTIONS: [&str; 5] = ["statements", "storm", "throughput", "ceiling", "reload"];
     if let Some(unknown) = args.iter().find(|a| !SECTIONS.contains(&a.as_str())) {
         anyhow::bail!(
-            "unknown section {unknown:?}: run all of them with no argument, or name `sandbox` or some of {SECTIONS:?}"
+            "unknown section {unknown:?}: run all of them with no argument, or name `sandbox`, `azure` or some of {SECTIONS:?}"
         );
     }
     let scratch = std::env::temp_dir().join(format!("idgate-bench-files-{}", std::process::id()));
@@ -164,7 +177,7 @@ fn main() -> anyhow::Result<()> {
     let charts_dir = env.root.join("bench/charts");
     std::fs::create_dir_all(&charts_dir)?;
 
-    let mut sections = vec![sandbox_costs::run(&env) + &heavy_body::run(&env)];
+    let mut sections = vec![sandbox_costs::run(&env) + &azure_budget::run(&env) + &heavy_body::run(&env)];
 
     eprintln!("starting PostgreSQL and making test keys");
     let pg = cluster::BenchCluster::start()?;
@@ -325,6 +338,9 @@ fn summary(cells: &[statements::Cell], points: &[throughput::Point], rows: &[cei
             stats::fmt(r.cpu.idgate),
             stats::fmt(r.cpu.postgres)
         );
+    }
+    if let Some(line) = azure_budget::headline(rows) {
+        let _ = writeln!(md, "{line}");
     }
     if let Some(floor) = rows
         .iter()

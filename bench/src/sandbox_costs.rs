@@ -57,6 +57,8 @@ pub fn profile(env: &Env, provider: &str, secs: f64) -> anyhow::Result<()> {
             c.now,
         ),
         None if provider == "echo" => ("misbehave", "\"echo\"", json!({}), None, 0),
+        // `aws-http`, `azure-http`: the credentials the HTTP rows send, under their configured trust.
+        None if provider.ends_with("-http") => return profile_http(env, provider, secs),
         None => anyhow::bail!("no genuine case for {provider:?}"),
     };
     // A cache, so a second run's profile shows calls, not compilation.
@@ -69,6 +71,38 @@ pub fn profile(env: &Env, provider: &str, secs: f64) -> anyhow::Result<()> {
     while Instant::now() < until {
         sandbox
             .verify(&configured, credential, key_set, now)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        calls += 1;
+    }
+    eprintln!(
+        "{calls} {provider} verifications, {:.1} µs each",
+        started.elapsed().as_secs_f64() * 1e6 / calls as f64
+    );
+    Ok(())
+}
+
+/// [`profile`] on the HTTP rows' test-made credentials (`aws-http`, `azure-http`).
+fn profile_http(env: &Env, provider: &str, secs: f64) -> anyhow::Result<()> {
+    let now = idgate::clock::unix_now();
+    let (plugin, credential, config) = match provider {
+        "aws-http" => {
+            let aws = crate::credentials::Aws::new();
+            ("aws", aws.body("i-profile", None, now), aws.config())
+        }
+        "azure-http" => {
+            let azure = crate::credentials::Azure::new();
+            ("azure", azure.body("vm-profile", None, now), azure.config())
+        }
+        other => anyhow::bail!("no HTTP credential for {other:?}"),
+    };
+    let cache = std::env::temp_dir().join("idgate-bench-profile-cache");
+    let sandbox = Sandbox::load(&env.plugin_dir, Some(&cache), Limits::default())?;
+    let configured = sandbox.configure(plugin, &config)?;
+    let until = Instant::now() + Duration::from_secs_f64(secs);
+    let (mut calls, started) = (0u64, Instant::now());
+    while Instant::now() < until {
+        sandbox
+            .verify(&configured, &credential, None, now)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         calls += 1;
     }

@@ -21,6 +21,8 @@ pub mod document;
 pub mod signer_name;
 pub mod trust;
 
+use std::borrow::Cow;
+
 use idgate_plugin_kit::time::format_rfc3339;
 use idgate_plugin_kit::{encoding, signed_data, Crypto, Identity, Provider, VerifyError};
 
@@ -62,27 +64,52 @@ fn credential_pkcs7(credential: &str) -> Result<Vec<u8>, VerifyError> {
     encoding::base64_decode(signature).map_err(|e| VerifyError::Malformed(format!("`signature`: {e}")))
 }
 
+/// A carried certificate, decoded (or the store's copy), or why it does not decode.
+type Decoded<'a> = Result<Cow<'a, Cert>, String>;
+
 /// Verifies an attested-data PKCS#7 (DER) under `config` at `now`.
 pub fn verify_pkcs7(crypto: &dyn Crypto, pkcs7: &[u8], config: &Config, now: i64) -> Result<Identity, VerifyError> {
     // 1. The document's signature, with the signer certificate's key.
     let signed = signed_data::parse_with_max_certificates(pkcs7, chain::MAX_CARRIED)?;
-    let signer_der = signed
-        .find_signer_certificate(&[])
+    // Each certificate the PKCS#7 carries is decoded once, for both uses (the
+    // signer, an intermediate); one the store already holds (IMDS may send its
+    // issuing CA) is the store's, decoded by `configure`.
+    let mut decoded: Vec<(&[u8], Decoded)> = signed
+        .certificates()
+        .iter()
+        .zip(signed.decoded_certificates())
+        .map(|(der, x509)| {
+            let known = config.store.intermediates.iter().find(|c| c.der == *der);
+            let cert = match known {
+                Some(c) => Ok(Cow::Borrowed(c)),
+                None => Cert::from_certificate(der, x509).map(Cow::Owned),
+            };
+            (der.as_slice(), cert)
+        })
+        .collect();
+    // The first the SignerInfo names, as `SignedData::find_signer_certificate` picks it.
+    let at = signed
+        .decoded_certificates()
+        .iter()
+        .position(|x509| signed.signer_matches_decoded(x509))
         .ok_or_else(|| VerifyError::UntrustedSigner("the PKCS#7 does not carry its signer's certificate".into()))?;
-    let signer = Cert::parse(signer_der)
-        .map_err(|e| VerifyError::Malformed(format!("signer certificate in the PKCS#7: {e}")))?;
+    let signer = decoded
+        .remove(at)
+        .1
+        .map_err(|e| VerifyError::Malformed(format!("signer certificate in the PKCS#7: {e}")))?
+        .into_owned();
     signed.verify_signer(crypto, &signer.spki, false)?;
 
     // 2. The signer certificate's chain to a pinned root (built-in and
     // configured, prepared by `configure`). Certificates the PKCS#7 carries may
-    // serve as intermediates, never as roots.
-    // One already in the store (IMDS sends its issuing CA) needs no second parse.
-    let known = |der: &[u8]| config.store.intermediates.iter().any(|c| c.der == der);
-    let mut carried: Vec<Cert> = signed
-        .certificates()
-        .iter()
-        .filter(|der| der.as_slice() != signer_der && !known(der))
-        .filter_map(|der| Cert::parse(der).ok())
+    // serve as intermediates, never as roots; the store's own are there already.
+    let mut carried: Vec<Cert> = decoded
+        .into_iter()
+        .filter(|(der, _)| *der != signer.der.as_slice())
+        .filter_map(|(_, cert)| match cert {
+            Ok(Cow::Owned(cert)) => Some(cert),
+            _ => None,
+        })
         .collect();
     aia::add_fetched_issuers(&signer, &config.store, &mut carried);
     chain::validate_with(crypto, &signer, &config.store, &carried, now)?;

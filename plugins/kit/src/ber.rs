@@ -41,6 +41,57 @@ pub fn to_der(input: &[u8]) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
+/// Whether [`to_der`] would give `input` back unchanged (one element, every
+/// length definite and minimal, no constructed string, within the same
+/// bounds), found by walking it without building anything. DER input (Azure's
+/// PKCS#7) then needs no rewrite: the rewrite's copies of every element were a
+/// visible share of a sandboxed Azure verification in the profile.
+pub fn is_der(input: &[u8]) -> bool {
+    let mut pos = 0;
+    walk_der(input, &mut pos, 0) && pos == input.len()
+}
+
+/// [`is_der`] for the element at `*pos` (advanced past it), mirroring [`parse`].
+fn walk_der(input: &[u8], pos: &mut usize, depth: usize) -> bool {
+    if depth > MAX_DEPTH {
+        return false;
+    }
+    let start = *pos;
+    let Ok(h) = header(input, pos) else {
+        return false;
+    };
+    let Some(len) = h.length else {
+        return false;
+    };
+    // The length as `push_length` writes it: short form below 0x80, else the fewest bytes.
+    let minimal = if len < 0x80 {
+        1
+    } else {
+        1 + (usize::BITS - len.leading_zeros()).div_ceil(8) as usize
+    };
+    if h.tag == [0] || *pos - start - h.tag.len() != minimal {
+        return false;
+    }
+    let Some(end) = pos.checked_add(len).filter(|e| *e <= input.len()) else {
+        return false;
+    };
+    if !h.constructed {
+        *pos = end;
+        return true;
+    }
+    let universal = h.tag[0] & 0x1f;
+    if h.tag == [BIT_STRING | 0x20] || (h.tag.len() == 1 && h.tag[0] & 0xc0 == 0 && STRING_TAGS.contains(&universal)) {
+        return false;
+    }
+    let body = &input[..end];
+    while *pos < end {
+        if !walk_der(body, pos, depth + 1) {
+            return false;
+        }
+    }
+    true
+}
+
 /// One decoded element.
 enum Node<'a> {
     /// Tag bytes (constructed bit clear) and content.
@@ -82,6 +133,11 @@ impl Node<'_> {
             _ => Err(format!("segment of a constructed string is not of type {universal}")),
         }
     }
+}
+
+/// Appends a minimal definite length (for callers re-encoding DER parts).
+pub fn push_der_length(out: &mut Vec<u8>, len: usize) {
+    push_length(out, len);
 }
 
 /// Appends a minimal definite length.
@@ -277,6 +333,41 @@ mod tests {
         ] {
             assert!(to_der(bad).is_err(), "{why}");
         }
+    }
+
+    /// `is_der` says yes exactly where `to_der` is the identity.
+    #[test]
+    fn is_der_is_to_ders_fixed_point() {
+        let deep: Vec<u8> = std::iter::repeat_n([0x30u8, 0x80], 40).flatten().collect();
+        let long = [&[4u8, 0x81, 200][..], &[9u8; 200]].concat();
+        let longer = [&[4u8, 0x82, 1, 44][..], &[9u8; 300]].concat();
+        let cases: [&[u8]; 17] = [
+            &[0x30, 0x80, 0x24, 0x80, 4, 2, b'a', b'b', 4, 1, b'c', 0, 0, 5, 0, 0, 0],
+            &[0x30, 7, 4, 3, b'a', b'b', b'c', 5, 0],
+            &[4, 0x82, 0, 1, 7],
+            &[4, 0x81, 5, 1, 2, 3, 4, 5],
+            &long,
+            &longer,
+            &[0x23, 0x80, 3, 1, 0, 0, 0],
+            &[0x23, 3, 3, 1, 0],
+            &[0x24, 3, 4, 1, 7],
+            &[0xa0, 3, 4, 1, 7],
+            &[4, 1, 7, 0],
+            &[0x30, 3, 4, 2, 7],
+            &[0x30, 0],
+            &[0, 0],
+            &[0x1f, 0x81, 0x01, 1, 7],
+            &deep,
+            &[],
+        ];
+        for case in cases {
+            let fixed = to_der(case).is_ok_and(|d| d == case);
+            assert_eq!(is_der(case), fixed, "{case:02x?}");
+        }
+        let pkcs7 = include_bytes!("../../../tests/data/azure/coder_regular_attested.b64");
+        let der = crate::encoding::base64_decode(std::str::from_utf8(pkcs7).unwrap()).unwrap();
+        assert!(is_der(&der));
+        assert_eq!(to_der(&der).unwrap(), der);
     }
 
     #[test]

@@ -94,6 +94,12 @@ impl Cert {
     /// Decodes a DER certificate; the error says what is wrong.
     pub fn parse(der: &[u8]) -> Result<Cert, String> {
         let cert = Certificate::from_der(der).map_err(|e| format!("not an X.509 certificate: {e}"))?;
+        Cert::from_certificate(der, &cert)
+    }
+
+    /// [`Cert::parse`] of `der` when it has been decoded already (`cert`, from
+    /// the same bytes: a PKCS#7's, say): the checks and fields without a second decode.
+    pub fn from_certificate(der: &[u8], cert: &Certificate) -> Result<Cert, String> {
         let outer = ber::der_element(der)?;
         let tbs = ber::der_elements(outer.content)?
             .first()

@@ -7,7 +7,8 @@
 //! - [`SignedData::content`]: the encapsulated content (eContent octets, reassembled if segmented).
 //! - [`SignedData::certificates`]: the DER certificates the PKCS#7 carries, original bytes.
 //! - [`SignedData::signer_id`] ([`SignerId`]: issuer+serial or SKI), [`SignedData::signer_matches`]
-//!   `(cert_der)`, [`SignedData::find_signer_certificate`]`(extra)`: locate the signer's certificate.
+//!   `(cert_der)`, [`SignedData::signer_matches_decoded`]`(x509)`, [`SignedData::decoded_certificates`], [`SignedData::find_signer_certificate`]`(extra)`:
+//!   locate the signer's certificate.
 //! - [`SignedData::verify_signer`]`(crypto, spki_der, allow_rsa1024)`: messageDigest + signature over
 //!   the signed attributes (or directly over the content when there are none). `BadSignature` if
 //!   it does not verify, `UntrustedSigner` if the key does not fit the algorithm, `Malformed` for
@@ -68,6 +69,8 @@ pub struct SignedData {
     content_type: ObjectIdentifier,
     content: Vec<u8>,
     certificates: Vec<Vec<u8>>,
+    /// `certificates`, decoded.
+    decoded: Vec<Certificate>,
     signer_id: SignerId,
     digest_alg: ObjectIdentifier,
     signature_alg: ObjectIdentifier,
@@ -99,7 +102,12 @@ pub fn parse_with_max_certificates(bytes: &[u8], max: usize) -> Result<SignedDat
             bytes.len()
         )));
     }
-    let der = ber::to_der(bytes).map_err(malformed)?;
+    // DER (Azure's) as it is; BER (AWS's) rewritten.
+    let der: std::borrow::Cow<[u8]> = if ber::is_der(bytes) {
+        bytes.into()
+    } else {
+        ber::to_der(bytes).map_err(malformed)?.into()
+    };
     let raw = RawParts::find(&der).map_err(malformed)?;
     if raw.certificates.len() > max {
         return Err(VerifyError::UntrustedSigner(format!(
@@ -115,7 +123,24 @@ pub fn parse_with_max_certificates(bytes: &[u8], max: usize) -> Result<SignedDat
             info.content_type
         )));
     }
-    let sd: cms::signed_data::SignedData = info.content.decode_as().map_err(malformed)?;
+    // The carried certificates are decoded here once, in their order, and
+    // kept (`decoded`) for the verifier's own use; cms decodes the rest.
+    let (sd, decoded): (cms::signed_data::SignedData, Vec<Certificate>) = match &raw.without_certificates {
+        Some(rest) => {
+            let sd = cms::signed_data::SignedData::from_der(rest).map_err(malformed)?;
+            (sd, decode_certificate_set(&raw.certificate_set).map_err(malformed)?)
+        }
+        None => {
+            let sd: cms::signed_data::SignedData = info.content.decode_as().map_err(malformed)?;
+            let decoded = raw
+                .certificates
+                .iter()
+                .map(|der| Certificate::from_der(der))
+                .collect::<Result<_, _>>()
+                .map_err(malformed)?;
+            (sd, decoded)
+        }
+    };
     let signer = match sd.signer_infos.0.as_slice() {
         [one] => one.clone(),
         [] => return Err(malformed("no signer (SignerInfos is empty)")),
@@ -145,6 +170,7 @@ pub fn parse_with_max_certificates(bytes: &[u8], max: usize) -> Result<SignedDat
         content_type: sd.encap_content_info.econtent_type,
         content: econtent.value().to_vec(),
         certificates: raw.certificates,
+        decoded,
         signer_id,
         digest_alg: signer.digest_alg.oid,
         signature_alg: signer.signature_algorithm.oid,
@@ -158,6 +184,12 @@ pub fn parse_with_max_certificates(bytes: &[u8], max: usize) -> Result<SignedDat
 /// (SET OF is re-sorted by `der`), found by walking the DER by hand.
 struct RawParts {
     certificates: Vec<Vec<u8>>,
+    /// Every element of the `[0] certificates` SET, whatever its choice.
+    certificate_set: Vec<Vec<u8>>,
+    /// The SignedData re-encoded without its `[0] certificates`, when they sit
+    /// where the syntax puts them (fourth, once): cms then decodes the rest,
+    /// and the certificates are decoded once, by [`decode_certificate_set`].
+    without_certificates: Option<Vec<u8>>,
     signed_attrs: Option<Vec<u8>>,
 }
 
@@ -175,6 +207,7 @@ impl RawParts {
         }
         let parts = ber::der_elements(sd.content)?;
         let mut certificates = Vec::new();
+        let mut certificate_set = Vec::new();
         let mut signer_infos = None;
         for part in &parts {
             match part.tag {
@@ -191,6 +224,7 @@ impl RawParts {
                     }
                     // Other CertificateChoices (attribute certificates...) are skipped.
                     certificates.extend(certs.iter().filter(|c| c.tag == 0x30).map(|c| c.whole.to_vec()));
+                    certificate_set.extend(certs.iter().map(|c| c.whole.to_vec()));
                 }
                 _ => {}
             }
@@ -218,11 +252,45 @@ impl RawParts {
             [] => return Err("no signer (SignerInfos is empty)".into()),
             many => return Err(format!("{} signers; exactly one is supported", many.len())),
         };
+        let without_certificates = (parts.len() > 3
+            && parts[3].tag == 0xa0
+            && parts.iter().filter(|p| p.tag == 0xa0).count() == 1)
+            .then(|| {
+                // Slices, not bytes: a byte-wise collect showed in the profile.
+                let mut kept = Vec::with_capacity(sd.content.len());
+                for part in parts.iter().filter(|p| p.tag != 0xa0) {
+                    kept.extend_from_slice(part.whole);
+                }
+                let mut sequence = vec![0x30];
+                ber::push_der_length(&mut sequence, kept.len());
+                sequence.extend_from_slice(&kept);
+                sequence
+            });
         Ok(RawParts {
             certificates,
+            certificate_set,
+            without_certificates,
             signed_attrs,
         })
     }
+}
+
+/// Decodes the elements of a `[0] certificates` SET as cms would
+/// (CertificateChoices each, no duplicates), returning the X.509 ones in order.
+fn decode_certificate_set(set: &[Vec<u8>]) -> Result<Vec<Certificate>, der::Error> {
+    let mut out = Vec::new();
+    for (i, element) in set.iter().enumerate() {
+        if set[..i].contains(element) {
+            return Err(der::ErrorKind::SetDuplicate.into());
+        }
+        match element.first() {
+            Some(0x30) => out.push(Certificate::from_der(element)?),
+            _ => {
+                cms::cert::CertificateChoices::from_der(element)?;
+            }
+        }
+    }
+    Ok(out)
 }
 
 impl SignedData {
@@ -261,9 +329,17 @@ impl SignedData {
     /// Whether `cert_der` is the certificate the signer names (issuer and
     /// serial, or subjectKeyIdentifier). False for undecodable certificates.
     pub fn signer_matches(&self, cert_der: &[u8]) -> bool {
-        let Ok(cert) = Certificate::from_der(cert_der) else {
-            return false;
-        };
+        Certificate::from_der(cert_der).is_ok_and(|cert| self.signer_matches_decoded(&cert))
+    }
+
+    /// The certificates the PKCS#7 carries, decoded, in the order of
+    /// [`SignedData::certificates`]: for [`crate::certificate::Cert::from_certificate`], without a second decode.
+    pub fn decoded_certificates(&self) -> &[Certificate] {
+        &self.decoded
+    }
+
+    /// [`SignedData::signer_matches`] for a certificate already decoded.
+    pub fn signer_matches_decoded(&self, cert: &Certificate) -> bool {
         let tbs = &cert.tbs_certificate;
         match &self.signer_id {
             SignerId::IssuerAndSerial { issuer, serial } => {

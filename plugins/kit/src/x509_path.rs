@@ -111,17 +111,26 @@ pub fn validate(
     let leaf_der = CertificateDer::from(leaf.der.as_slice());
     let end_entity = EndEntityCert::try_from(&leaf_der)
         .map_err(|e| PathError::Untrusted(format!("certificate {} cannot be used: {e:?}", leaf.label())))?;
-    let root_ders: Vec<CertificateDer<'_>> = roots.iter().map(|c| CertificateDer::from(c.der.as_slice())).collect();
-    let mut anchors: Vec<TrustAnchor<'_>> = Vec::with_capacity(roots.len());
-    let mut anchor_certs: Vec<&Cert> = Vec::with_capacity(roots.len());
-    for (der, cert) in root_ders.iter().zip(roots) {
+    // webpki decodes every root (as an anchor) and, at each level, every
+    // intermediate offered, to compare its subject with the issuer sought: a
+    // configured store of two dozen was most of the path's cost outside the
+    // signatures. Only what the leaf reaches by issuer name can match it, so
+    // webpki gets those (in their order): the same paths, the same checks.
+    let (near_roots, near_intermediates) = near(leaf, roots, intermediates);
+    let root_ders: Vec<CertificateDer<'_>> = near_roots
+        .iter()
+        .map(|c| CertificateDer::from(c.der.as_slice()))
+        .collect();
+    let mut anchors: Vec<TrustAnchor<'_>> = Vec::with_capacity(near_roots.len());
+    let mut anchor_certs: Vec<&Cert> = Vec::with_capacity(near_roots.len());
+    for (der, cert) in root_ders.iter().zip(near_roots.iter().copied()) {
         // A root webpki cannot read cannot anchor anything; the search reports it as missing.
         if let Ok(anchor) = webpki::anchor_from_trusted_cert(der) {
             anchors.push(anchor);
             anchor_certs.push(cert);
         }
     }
-    let pool: Vec<CertificateDer<'_>> = intermediates
+    let pool: Vec<CertificateDer<'_>> = near_intermediates
         .iter()
         .map(|c| CertificateDer::from(c.der.as_slice()))
         .collect();
@@ -138,7 +147,7 @@ pub fn validate(
             .map(|i| anchor_certs[i]);
         let inters: Option<Vec<&Cert>> = path
             .intermediate_certificates()
-            .map(|w| intermediates.iter().copied().find(|c| c.der == w.der().as_ref()))
+            .map(|w| near_intermediates.iter().copied().find(|c| c.der == w.der().as_ref()))
             .collect();
         let (Some(root), Some(inters)) = (root, inters) else {
             return Err(webpki::Error::UnknownIssuer);
@@ -367,6 +376,34 @@ fn explain(
         )),
         other => PathError::Untrusted(format!("certificate path of {} refused: {other:?}", leaf.label())),
     }
+}
+
+/// The roots and intermediates that `leaf` reaches by issuer name, through
+/// any of them (roots too, at any depth: a superset of what webpki can put on
+/// a path, since it links a certificate to an issuer only when the names' DER
+/// is equal), each list in its order.
+fn near<'a>(leaf: &Cert, roots: &'a [Cert], intermediates: &[&'a Cert]) -> (Vec<&'a Cert>, Vec<&'a Cert>) {
+    let all: Vec<&Cert> = roots.iter().chain(intermediates.iter().copied()).collect();
+    let mut reached = vec![false; all.len()];
+    let mut frontier: Vec<&x509_cert::name::Name> = vec![&leaf.issuer];
+    while let Some(issuer) = frontier.pop() {
+        for (i, c) in all.iter().enumerate() {
+            if !reached[i] && c.subject == *issuer {
+                reached[i] = true;
+                frontier.push(&c.issuer);
+            }
+        }
+    }
+    let (r, i) = reached.split_at(roots.len());
+    (
+        roots.iter().zip(r).filter(|(_, on)| **on).map(|(c, _)| c).collect(),
+        intermediates
+            .iter()
+            .zip(i)
+            .filter(|(_, on)| **on)
+            .map(|(c, _)| *c)
+            .collect(),
+    )
 }
 
 /// `leaf` and every certificate reachable above it by issuer name (at most

@@ -179,3 +179,42 @@ fn total_on_mangled_input() {
         }
     }
 }
+
+/// Whether cms decodes the whole SignedData, certificates included (what
+/// `parse` did before it split the certificates off).
+fn cms_decodes_whole(p7: &[u8]) -> bool {
+    let Ok(der) = ber::to_der(p7) else {
+        return false;
+    };
+    cms::content_info::ContentInfo::from_der(&der)
+        .is_ok_and(|info| info.content.decode_as::<cms::signed_data::SignedData>().is_ok())
+}
+
+/// The certificates come back decoded in their order, and decoding them apart
+/// from the rest accepts nothing that cms's whole decode refuses.
+#[test]
+fn certificates_decoded_apart_as_cms_would() {
+    for (p7, _) in [aws_rsa2048(), aws_dsa(), azure()] {
+        let sd = parse(&p7).unwrap();
+        assert_eq!(sd.decoded_certificates().len(), sd.certificates().len());
+        for (x509, der) in sd.decoded_certificates().iter().zip(sd.certificates()) {
+            assert_eq!(&x509.to_der().unwrap(), der);
+            assert!(crate::certificate::Cert::from_certificate(der, x509).is_ok());
+        }
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        for i in 0..p7.len() {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let mut m = p7.clone();
+            m[i] ^= 1 << (seed % 8);
+            if parse(&m).is_ok() {
+                assert!(cms_decodes_whole(&m), "flip at {i} accepted apart, refused whole");
+            }
+        }
+    }
+    let (p7, leaf) = azure();
+    let sd = parse(&p7).unwrap();
+    assert!(sd.signer_matches_decoded(&sd.decoded_certificates()[0]));
+    assert_eq!(sd.certificates()[0], leaf);
+}
