@@ -305,7 +305,8 @@ fn report(total: usize, runs: &[Run], registered: Duration, minted: Duration) ->
             fmt(o.elapsed),
             r.statements.map_or("n/a".into(), |s| s.to_string()),
             r.statements
-                .map_or("n/a".into(), |s| format!("{:.1}", s as f64 / answered.max(1) as f64)),
+                // Two decimals: under batching idgate's figure is a few hundredths.
+                .map_or("n/a".into(), |s| format!("{:.2}", s as f64 / answered.max(1) as f64)),
             r.overflows.map_or("n/a".into(), |n| n.to_string()),
         );
     }
