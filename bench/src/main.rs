@@ -6,7 +6,7 @@
 //! `BENCHMARKS.md` and its charts (`bench/charts/*.svg`) at the workspace root.
 //! It starts its own PostgreSQL in a temporary directory.
 //!
-//! `cargo run --release -p idgate-bench -- SECTION...` runs only the named
+//! `cargo xtask bench SECTION...` runs only the named
 //! sections (`statements`, `storm`, `throughput` — after a storm of its own —,
 //! `ceiling`, `reload`) and prints their Markdown instead of
 //! writing `BENCHMARKS.md` (plugins must have been built). `sandbox` and
@@ -204,7 +204,7 @@ fn main() -> anyhow::Result<()> {
     let _ = writeln!(report, "# idgate benchmarks\n");
     let _ = writeln!(
         report,
-        "Written by `cargo xtask bench` (= `cargo xtask plugins && cargo run --release -p idgate-bench`) on {}, \
+        "Written by `cargo xtask bench` (= `cargo xtask plugins`, then `target/release/idgate-bench` as `cargo xtask build` builds it) on {}, \
          in {:.0} s.\n\nMachine: {}.\n\nEvery comparison is measured side by side in this one run: rounds \
          alternate between the compared sides, and figures are medians with the spread (min–max of the round \
          medians) where rounds repeat. Compare the ratios rather than the absolute times, which drift on a \
