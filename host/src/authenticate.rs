@@ -175,18 +175,19 @@ impl Authenticator {
             let kept = before
                 .filter(|m| m.plugin_sha256 == plugin.sha256 && m.block == block)
                 .map(|m| m.configured.clone());
+            let was_kept = kept.is_some();
             let configured = match kept {
-                Some(configured) => {
-                    changes.kept.push(spec.name.clone());
-                    Ok(configured)
-                }
+                Some(configured) => Ok(configured),
                 None => sandbox.configure(&spec.plugin, &block),
             };
             match configured {
                 Ok(configured) => {
-                    if !changes.kept.contains(&spec.name) {
-                        changes.configured.push(spec.name.clone());
-                    }
+                    let list = if was_kept {
+                        &mut changes.kept
+                    } else {
+                        &mut changes.configured
+                    };
+                    list.push(spec.name.clone());
                     served.insert(
                         spec.name.clone(),
                         Mount {
