@@ -61,13 +61,28 @@ pub fn profile(env: &Env, provider: &str, secs: f64) -> anyhow::Result<()> {
         None if provider.ends_with("-http") => return profile_http(env, provider, secs),
         None => anyhow::bail!("no genuine case for {provider:?}"),
     };
+    spin(env, provider, plugin, &config, credential, key_set, now, secs)
+}
+
+/// Configures `plugin` with `config` and verifies `credential` in a loop for
+/// `secs` seconds, printing the calls made and their mean time.
+#[allow(clippy::too_many_arguments)]
+fn spin(
+    env: &Env,
+    label: &str,
+    plugin: &str,
+    config: &serde_json::Value,
+    credential: &str,
+    key_set: Option<&str>,
+    now: i64,
+    secs: f64,
+) -> anyhow::Result<()> {
     // A cache, so a second run's profile shows calls, not compilation.
     let cache = std::env::temp_dir().join("idgate-bench-profile-cache");
     let sandbox = Sandbox::load(&env.plugin_dir, Some(&cache), Limits::default())?;
-    let configured = sandbox.configure(plugin, &config)?;
+    let configured = sandbox.configure(plugin, config)?;
     let until = Instant::now() + Duration::from_secs_f64(secs);
-    let mut calls = 0u64;
-    let started = Instant::now();
+    let (mut calls, started) = (0u64, Instant::now());
     while Instant::now() < until {
         sandbox
             .verify(&configured, credential, key_set, now)
@@ -75,7 +90,7 @@ pub fn profile(env: &Env, provider: &str, secs: f64) -> anyhow::Result<()> {
         calls += 1;
     }
     eprintln!(
-        "{calls} {provider} verifications, {:.1} µs each",
+        "{calls} {label} verifications, {:.1} µs each",
         started.elapsed().as_secs_f64() * 1e6 / calls as f64
     );
     Ok(())
@@ -95,22 +110,7 @@ fn profile_http(env: &Env, provider: &str, secs: f64) -> anyhow::Result<()> {
         }
         other => anyhow::bail!("no HTTP credential for {other:?}"),
     };
-    let cache = std::env::temp_dir().join("idgate-bench-profile-cache");
-    let sandbox = Sandbox::load(&env.plugin_dir, Some(&cache), Limits::default())?;
-    let configured = sandbox.configure(plugin, &config)?;
-    let until = Instant::now() + Duration::from_secs_f64(secs);
-    let (mut calls, started) = (0u64, Instant::now());
-    while Instant::now() < until {
-        sandbox
-            .verify(&configured, &credential, None, now)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        calls += 1;
-    }
-    eprintln!(
-        "{calls} {provider} verifications, {:.1} µs each",
-        started.elapsed().as_secs_f64() * 1e6 / calls as f64
-    );
-    Ok(())
+    spin(env, provider, plugin, &config, &credential, None, now, secs)
 }
 
 /// A genuine credential for one provider, checkable natively and in the sandbox.
