@@ -112,20 +112,8 @@ pub async fn resolve(pool: &PgPool, instance_id: &str, agent_name: Option<&str>)
         .fetch_one(pool)
         .await?;
     let workspace_id: Uuid = build.try_get("workspace_id")?;
-    let latest =
-        sqlx::query("SELECT * FROM workspace_builds WHERE workspace_id = $1 ORDER BY build_number DESC LIMIT 1")
-            .bind(workspace_id)
-            .fetch_one(pool)
-            .await?;
-    let latest_id: Uuid = latest.try_get("id")?;
-    if latest_id != build_id {
-        return Ok(Answer::Status(
-            400,
-            format!(
-                "Resource found for id {}, but isn't registered on the latest history.",
-                go_quote(instance_id)
-            ),
-        ));
+    if let Some(refused) = unless_latest(pool, workspace_id, build_id, instance_id).await? {
+        return Ok(refused);
     }
     Ok(Answer::Token(chosen.agent.auth_token))
 }
@@ -206,22 +194,35 @@ pub async fn resolve_coder_main(
             .ok_or_else(|| sqlx::Error::ColumnNotFound("workspaces.id".into()))?;
         row.try_get(at)?
     };
+    if let Some(refused) = unless_latest(pool, workspace_id, build_id, instance_id).await? {
+        return Ok(refused);
+    }
+    Ok(Answer::Token(first(row, "auth_token")?))
+}
+
+/// Coder's last step, in both patterns: the workspace's latest build, one
+/// statement; a 400 unless the agent's build is it.
+async fn unless_latest(
+    pool: &PgPool,
+    workspace_id: Uuid,
+    build_id: Uuid,
+    instance_id: &str,
+) -> sqlx::Result<Option<Answer>> {
     let latest =
         sqlx::query("SELECT * FROM workspace_builds WHERE workspace_id = $1 ORDER BY build_number DESC LIMIT 1")
             .bind(workspace_id)
             .fetch_one(pool)
             .await?;
     let latest_id: Uuid = latest.try_get("id")?;
-    if latest_id != build_id {
-        return Ok(Answer::Status(
+    Ok((latest_id != build_id).then(|| {
+        Answer::Status(
             400,
             format!(
                 "Resource found for id {}, but isn't registered on the latest history.",
                 go_quote(instance_id)
             ),
-        ));
-    }
-    Ok(Answer::Token(first(row, "auth_token")?))
+        )
+    }))
 }
 
 /// idgate's resolution as an [`Answer`], for comparing outcomes.
