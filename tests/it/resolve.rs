@@ -1103,6 +1103,43 @@ async fn concurrent_resolutions_share_statements_and_answer_as_alone() {
     pool.close().await;
 }
 
+/// However large the pool, at most `MAX_STATEMENTS_IN_FLIGHT` drainers take
+/// connections: a burst of concurrent resolutions on a fresh pool of 10 (which
+/// opens one connection to check the database, then others only when asked)
+/// leaves at most that many open, and every answer is still the lone one.
+#[tokio::test]
+async fn a_large_pool_caps_the_statements_in_flight() {
+    use idgate::db::batch::MAX_STATEMENTS_IN_FLIGHT;
+    let db = fresh_database().await;
+    let mut asked = Vec::new();
+    for i in 0..40 {
+        let iid = instance_id();
+        add(&db.pool, &format!("burst-{i}"), &iid, "main").await;
+        asked.push((iid, None));
+    }
+    asked.push((instance_id(), None));
+    let pool = pool_of(&db, 10).await;
+    assert!(pool.size() <= 1, "the pool opens connections only when asked");
+    let requests: Vec<(String, Option<String>)> = (0..400).map(|k| asked[k * 13 % asked.len()].clone()).collect();
+    let answers = resolve_all(&pool, &requests).await;
+    for (request, answer) in requests.iter().zip(&answers) {
+        let alone = idgate::db::resolve::resolve_alone(&db.pool, &request.0, None)
+            .await
+            .unwrap();
+        assert_eq!(answer, &alone, "{request:?}");
+    }
+    assert!(answers.iter().any(|a| matches!(a, Resolution::Token(..))));
+    assert!(answers.iter().any(|a| matches!(a, Resolution::NotFound(..))));
+    println!("{} connections open after the burst", pool.size());
+    assert!(
+        pool.size() <= MAX_STATEMENTS_IN_FLIGHT,
+        "{} connections opened for {} concurrent resolutions",
+        pool.size(),
+        requests.len()
+    );
+    pool.close().await;
+}
+
 /// Waves of concurrent resolutions with a rebuild of every workspace between
 /// them: every request of a wave gets the tokens of the latest rebuild, never
 /// one of an earlier wave.
