@@ -8,6 +8,8 @@ use idgate_plugin_kit::{Crypto, DigestAlgorithm, SignatureAlgorithm};
 use ring::signature::{self as sig, UnparsedPublicKey, VerificationAlgorithm};
 use spki::SubjectPublicKeyInfoRef;
 
+use crate::signature_memo;
+
 const RSA_ENCRYPTION: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
 const EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
 const DSA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10040.4.1");
@@ -26,72 +28,17 @@ impl Crypto for NativeCrypto {
         message: &[u8],
         signature: &[u8],
     ) -> Result<bool, String> {
-        if algorithm == SignatureAlgorithm::DsaSha1 {
-            return verify_dsa_sha1(spki_der, message, signature);
-        }
-        let spki = SubjectPublicKeyInfoRef::from_der(spki_der)
-            .map_err(|e| format!("public key is not a DER SubjectPublicKeyInfo: {e}"))?;
-        let key_oid = spki.algorithm.oid;
-        let key = spki
-            .subject_public_key
-            .as_bytes()
-            .ok_or("public key bit string has unused bits")?;
-        let (ring_alg, want_key): (&'static dyn VerificationAlgorithm, ObjectIdentifier) = match algorithm {
-            SignatureAlgorithm::RsaPkcs1Sha256 => (&sig::RSA_PKCS1_2048_8192_SHA256, RSA_ENCRYPTION),
-            SignatureAlgorithm::RsaPkcs1Sha384 => (&sig::RSA_PKCS1_2048_8192_SHA384, RSA_ENCRYPTION),
-            SignatureAlgorithm::RsaPkcs1Sha512 => (&sig::RSA_PKCS1_2048_8192_SHA512, RSA_ENCRYPTION),
-            SignatureAlgorithm::RsaPkcs1Sha1 => (&sig::RSA_PKCS1_2048_8192_SHA1_FOR_LEGACY_USE_ONLY, RSA_ENCRYPTION),
-            SignatureAlgorithm::Rsa1024Pkcs1Sha256 => {
-                (&sig::RSA_PKCS1_1024_8192_SHA256_FOR_LEGACY_USE_ONLY, RSA_ENCRYPTION)
-            }
-            SignatureAlgorithm::EcdsaP256Sha256 => (&sig::ECDSA_P256_SHA256_ASN1, EC_PUBLIC_KEY),
-            SignatureAlgorithm::EcdsaP384Sha384 => (&sig::ECDSA_P384_SHA384_ASN1, EC_PUBLIC_KEY),
-            SignatureAlgorithm::DsaSha1 => unreachable!("handled above"),
-        };
-        if key_oid != want_key {
-            return Err(format!("key algorithm {key_oid} does not fit {algorithm:?}"));
-        }
-        if want_key == EC_PUBLIC_KEY {
-            let curve = spki
-                .algorithm
-                .parameters
-                .and_then(|p| p.decode_as::<ObjectIdentifier>().ok())
-                .ok_or("EC key without a named curve")?;
-            let want_curve = if algorithm == SignatureAlgorithm::EcdsaP256Sha256 {
-                P256
-            } else {
-                P384
-            };
-            if curve != want_curve {
-                return Err(format!("EC key on curve {curve} does not fit {algorithm:?}"));
-            }
-        }
-        // Sizes are checked before ring does any arithmetic: the key comes from a
-        // plugin, which may have taken it from a request, and the work runs on the
-        // host outside the plugin's CPU deadline. ring would accept moduli up to
-        // 8192 bits and exponents up to 2^33 - 1; no key a cloud signs with is
-        // bigger than 4096 bits or has an exponent past 32 bits (Go's crypto/rsa
-        // caps it at 2^31 - 1). ring also reports a too-small key and a wrong
-        // signature alike; the message tells them apart.
-        if want_key == RSA_ENCRYPTION {
-            let (bits, e_bits) = rsa_sizes(key).ok_or("RSA public key is not a DER RSAPublicKey")?;
-            let min = if algorithm == SignatureAlgorithm::Rsa1024Pkcs1Sha256 {
-                1024
-            } else {
-                2048
-            };
-            if !(min..=RSA_MAX_MODULUS_BITS).contains(&bits) {
-                return Err(format!(
-                    "RSA key of {bits} bits is outside {min}..{RSA_MAX_MODULUS_BITS} for {algorithm:?}"
-                ));
-            }
-            if e_bits > RSA_MAX_EXPONENT_BITS {
-                return Err(format!(
-                    "RSA public exponent of {e_bits} bits is larger than {RSA_MAX_EXPONENT_BITS} bits (at most 2^32 - 1)"
-                ));
-            }
-        }
-        Ok(UnparsedPublicKey::new(ring_alg, key).verify(message, signature).is_ok())
+        // A certificate signature found valid before is not checked again
+        // (`signature_memo`: Azure's chain check asks for the same one in every
+        // authentication).
+        signature_memo::verify(
+            signature_memo::shared(),
+            algorithm,
+            spki_der,
+            message,
+            signature,
+            || check_signature(algorithm, spki_der, message, signature),
+        )
     }
 
     fn digest(&self, algorithm: DigestAlgorithm, data: &[u8]) -> Vec<u8> {
@@ -103,6 +50,81 @@ impl Crypto for NativeCrypto {
         };
         ring::digest::digest(alg, data).as_ref().to_vec()
     }
+}
+
+/// The signature check itself: the key's type and sizes, then the arithmetic.
+fn check_signature(
+    algorithm: SignatureAlgorithm,
+    spki_der: &[u8],
+    message: &[u8],
+    signature: &[u8],
+) -> Result<bool, String> {
+    if algorithm == SignatureAlgorithm::DsaSha1 {
+        return verify_dsa_sha1(spki_der, message, signature);
+    }
+    let spki = SubjectPublicKeyInfoRef::from_der(spki_der)
+        .map_err(|e| format!("public key is not a DER SubjectPublicKeyInfo: {e}"))?;
+    let key_oid = spki.algorithm.oid;
+    let key = spki
+        .subject_public_key
+        .as_bytes()
+        .ok_or("public key bit string has unused bits")?;
+    let (ring_alg, want_key): (&'static dyn VerificationAlgorithm, ObjectIdentifier) = match algorithm {
+        SignatureAlgorithm::RsaPkcs1Sha256 => (&sig::RSA_PKCS1_2048_8192_SHA256, RSA_ENCRYPTION),
+        SignatureAlgorithm::RsaPkcs1Sha384 => (&sig::RSA_PKCS1_2048_8192_SHA384, RSA_ENCRYPTION),
+        SignatureAlgorithm::RsaPkcs1Sha512 => (&sig::RSA_PKCS1_2048_8192_SHA512, RSA_ENCRYPTION),
+        SignatureAlgorithm::RsaPkcs1Sha1 => (&sig::RSA_PKCS1_2048_8192_SHA1_FOR_LEGACY_USE_ONLY, RSA_ENCRYPTION),
+        SignatureAlgorithm::Rsa1024Pkcs1Sha256 => {
+            (&sig::RSA_PKCS1_1024_8192_SHA256_FOR_LEGACY_USE_ONLY, RSA_ENCRYPTION)
+        }
+        SignatureAlgorithm::EcdsaP256Sha256 => (&sig::ECDSA_P256_SHA256_ASN1, EC_PUBLIC_KEY),
+        SignatureAlgorithm::EcdsaP384Sha384 => (&sig::ECDSA_P384_SHA384_ASN1, EC_PUBLIC_KEY),
+        SignatureAlgorithm::DsaSha1 => unreachable!("handled above"),
+    };
+    if key_oid != want_key {
+        return Err(format!("key algorithm {key_oid} does not fit {algorithm:?}"));
+    }
+    if want_key == EC_PUBLIC_KEY {
+        let curve = spki
+            .algorithm
+            .parameters
+            .and_then(|p| p.decode_as::<ObjectIdentifier>().ok())
+            .ok_or("EC key without a named curve")?;
+        let want_curve = if algorithm == SignatureAlgorithm::EcdsaP256Sha256 {
+            P256
+        } else {
+            P384
+        };
+        if curve != want_curve {
+            return Err(format!("EC key on curve {curve} does not fit {algorithm:?}"));
+        }
+    }
+    // Sizes are checked before ring does any arithmetic: the key comes from a
+    // plugin, which may have taken it from a request, and the work runs on the
+    // host outside the plugin's CPU deadline. ring would accept moduli up to
+    // 8192 bits and exponents up to 2^33 - 1; no key a cloud signs with is
+    // bigger than 4096 bits or has an exponent past 32 bits (Go's crypto/rsa
+    // caps it at 2^31 - 1). ring also reports a too-small key and a wrong
+    // signature alike; the message tells them apart.
+    if want_key == RSA_ENCRYPTION {
+        let (bits, e_bits) = rsa_sizes(key).ok_or("RSA public key is not a DER RSAPublicKey")?;
+        let min = if algorithm == SignatureAlgorithm::Rsa1024Pkcs1Sha256 {
+            1024
+        } else {
+            2048
+        };
+        if !(min..=RSA_MAX_MODULUS_BITS).contains(&bits) {
+            return Err(format!(
+                "RSA key of {bits} bits is outside {min}..{RSA_MAX_MODULUS_BITS} for {algorithm:?}"
+            ));
+        }
+        if e_bits > RSA_MAX_EXPONENT_BITS {
+            return Err(format!(
+                "RSA public exponent of {e_bits} bits is larger than {RSA_MAX_EXPONENT_BITS} bits (at most 2^32 - 1)"
+            ));
+        }
+    }
+    Ok(UnparsedPublicKey::new(ring_alg, key).verify(message, signature).is_ok())
 }
 
 /// Largest RSA modulus the host does arithmetic on (see `verify_signature`).
@@ -304,6 +326,38 @@ mod tests {
                 "{bits} bits"
             );
         }
+    }
+
+    /// A real link: DigiCert Global Root G2's signature over Microsoft Azure
+    /// TLS Issuing CA 05, checked through the memo (`signature_memo`), which
+    /// answers a repeat from memory and an altered signature in full.
+    #[test]
+    fn a_real_certificate_signature_verifies_again_from_memory_and_altered_does_not() {
+        use idgate_plugin_kit::certificate::Cert;
+        use idgate_plugin_kit::pem;
+        let parse = |text: &str| Cert::parse(&pem::certificates(text).unwrap()[0]).unwrap();
+        let root = parse(include_str!("../../tests/data/azure/digicert_global_root_g2.pem"));
+        let issuing = parse(include_str!("../../tests/data/azure/microsoft_azure_tls_issuing_ca_05.pem"));
+        let algorithm = match issuing.signature_alg.as_str() {
+            "1.2.840.113549.1.1.11" => SignatureAlgorithm::RsaPkcs1Sha256,
+            "1.2.840.113549.1.1.12" => SignatureAlgorithm::RsaPkcs1Sha384,
+            other => panic!("unexpected signature algorithm {other}"),
+        };
+        let check = |signature: &[u8]| NativeCrypto.verify_signature(algorithm, &root.spki, &issuing.tbs, signature);
+        assert_eq!(check(&issuing.signature), Ok(true));
+        assert!(!crate::signature_memo::shared()
+            .lock()
+            .unwrap()
+            .is_empty());
+        assert_eq!(check(&issuing.signature), Ok(true), "again, from memory");
+        let mut altered = issuing.signature.clone();
+        altered[10] ^= 1;
+        assert_eq!(check(&altered), Ok(false));
+        // The issuing CA's own key did not sign itself.
+        assert_eq!(
+            NativeCrypto.verify_signature(algorithm, &issuing.spki, &issuing.tbs, &issuing.signature),
+            Ok(false)
+        );
     }
 
     #[test]

@@ -30,4 +30,5 @@ pub mod request;
 pub mod sandbox;
 pub mod serve;
 pub mod settings;
+pub mod signature_memo;
 pub mod tls;
