@@ -486,12 +486,13 @@ fn report(rows: &[Row]) -> String {
     let _ = write!(
         md,
         "The server runs in its own process (`idgate::api::router`, `idgate serve`'s JSON audit logging to \
-         /dev/null, pool of {} connections, default sandbox limits), so its CPU time is read from \
+         /dev/null, pool of {} connections of which resolutions use at most {} at once, default sandbox limits), so its CPU time is read from \
          `/proc/<pid>/stat` (utime + stime) apart from the load client's; PostgreSQL's is the postmaster's \
          and its backends'. Each cell: {:.1} s after a 0.4 s warm-up, {INSTANCES} registered single-agent \
          instances per provider, genuinely signed test credentials. CPU figures are per answered request. The \
          load client shares the two cores, so rates are a floor of what the server alone would do.\n\n",
         crate::storm::POOL,
+        idgate::db::batch::MAX_STATEMENTS_IN_FLIGHT,
         CELL.as_secs_f64()
     );
     md.push_str(

@@ -243,7 +243,8 @@ fn report(total: usize, runs: &[Run], registered: Duration, minted: Duration) ->
          in {}) all authenticate at once: each sends one request, {IN_FLIGHT} in flight at a time to 127.0.0.1, \
          signature form (RSA-2048/SHA-256 under a test-made certificate configured for \
          its region, so every request passes the AWS plugin's real signature check). Database pool: {POOL} \
-         connections per side, 2 s acquire timeout; the server's request timeout is 10 s (503); the client's 30 s. \
+         connections per side (idgate's resolutions use at most {} of them at once, \
+         `idgate::db::batch::MAX_STATEMENTS_IN_FLIGHT`), 2 s acquire timeout; the server's request timeout is 10 s (503); the client's 30 s. \
          Client and server share the machine's cores. Both sides' pools are opened before the rounds, the \
          registered rows are vacuumed, prewarmed and checkpointed (`fixtures::settle`), and the process sizes its \
          descriptor table before its threads start, as `idgate serve` does: every round starts from the same \
@@ -259,6 +260,7 @@ fn report(total: usize, runs: &[Run], registered: Duration, minted: Duration) ->
         fmt(registered),
         total,
         fmt(minted),
+        idgate::db::batch::MAX_STATEMENTS_IN_FLIGHT,
         BACKLOG = idgate::serve::LISTEN_BACKLOG,
     );
     md.push_str(
