@@ -351,9 +351,10 @@ fn report(pg: &BenchCluster, cells: &[Cell], extra: &Extra) -> String {
         let _ = write!(
             md,
             "Statements are counted by PostgreSQL (`pg_stat_statements.calls` for the benchmark database). \
-             *First use* is the first resolution on a fresh connection: idgate's pool prepared the statement \
-             when it connected, and PostgreSQL plans it at this first execution; the baseline prepares each of \
-             its statements on first use. *Steady* is a long-lived pooled connection after warm-up (past \
+             *First use* is the first resolution on a fresh connection: idgate's pool prepared and planned its \
+             statements when it connected (one execution each for an ID that matches nothing, \
+             `idgate::db::pool`), outside the count; the baseline prepares each of its statements on first use, \
+             and PostgreSQL plans it then. *Steady* is a long-lived pooled connection after warm-up (past \
              PostgreSQL's five custom plans): latency is one resolution from the application's side (pool of \
              one connection each, sequential), median of 5 alternating rounds with the spread of the round \
              medians; *server time* is PostgreSQL's own planning + execution time per authentication \
