@@ -355,9 +355,11 @@ async fn sighup_does_not_stop_the_service() {
     let db = fresh_database().await;
     let agent = agent(&db);
     let mut served = serve_command(idgate(&db, &[]));
-    // SAFETY: plain kill(2) on our own child.
-    unsafe { libc::kill(served.child.id() as i32, libc::SIGHUP) };
     let client = reqwest::Client::new();
+    // SIGHUP, and wait until the reload it starts has finished: an
+    // authentication alone can be answered before that, and SIGTERM then
+    // ends the process before the reload logs.
+    assert!(crate::reload::hup(&client, &served).await, "the reload succeeded");
     authenticate(&client, &served.base, &agent).await;
     assert!(served.child.try_wait().unwrap().is_none(), "SIGHUP stopped idgate");
     assert!(terminate(&mut served, libc::SIGTERM, GUARD).await.success());
