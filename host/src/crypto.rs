@@ -127,7 +127,7 @@ fn check_signature(
     Ok(UnparsedPublicKey::new(ring_alg, key).verify(message, signature).is_ok())
 }
 
-/// Largest RSA modulus the host does arithmetic on (see `verify_signature`).
+/// Largest RSA modulus the host does arithmetic on (see `check_signature`).
 pub const RSA_MAX_MODULUS_BITS: usize = 4096;
 /// Largest RSA public exponent, in bits: `e < 2^32`.
 pub const RSA_MAX_EXPONENT_BITS: usize = 32;

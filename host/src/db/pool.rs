@@ -59,8 +59,8 @@ impl Default for PoolSettings {
     }
 }
 
-/// Opens a pool whose connections plan the resolution once (generic plan
-/// cached per session), when they open, and have its statements prepared. The schema must exist
+/// Opens a pool whose connections prepare and plan the resolution statements
+/// when they open (generic plans, cached per session). The schema must exist
 /// (run migrations first): preparing checks the tables and columns, so a wrong
 /// database fails loudly here.
 ///
@@ -83,10 +83,9 @@ pub async fn connect(options: PgConnectOptions, settings: PoolSettings) -> Resul
         .after_connect(|conn, _meta| {
             Box::pin(async move {
                 conn.execute(SESSION_SETTING).await?;
-                conn.prepare(RESOLVE_SQL).await?;
-                conn.prepare(BATCH_SQL).await?;
-                // Planned here, not by the first request on this connection:
-                // with force_generic_plan the first execution builds the cached
+                // Prepared (sqlx keeps the statements) and planned here, not
+                // by the first request on this connection: with
+                // force_generic_plan the first execution builds the cached
                 // plan (1.8 ms of PostgreSQL's time per statement in the
                 // benchmark's first-use row, against 30 µs after), which in a
                 // storm right after start landed on the two drainers the whole
