@@ -335,8 +335,10 @@ fn report(total: usize, runs: &[Run], registered: Duration, minted: Duration) ->
          the p50.) With fresh connections every request also pays a connect, an accept and a close on both \
          ends, on the same two cores, so the rate is lower and the queue longer. Most baseline requests (one agent, no history) cost five cheap lookups, which can put its p50 \
          near or below idgate's; its tail is the instances with history, whose dozens to hundreds of statements \
-         each queue for the same {POOL} connections. In every run so far the round in which idgate goes first \
-         has its longer tail (not explained yet: both sides start each round from the same settled state).",
+         each queue for the same {POOL} connections. In five of the six storm runs of 2026-12-02 and \
+         2026-12-04 idgate's first round had the longer tail (the exception: 170 ms against 175 ms, with \
+         statements planned at connect); not explained yet, as both sides start each round from the same \
+         settled state.",
         MAX_STATEMENTS = idgate::db::batch::MAX_STATEMENTS_IN_FLIGHT,
     );
     for (name, ours) in [
