@@ -286,13 +286,27 @@ fn ticks_per_second() -> f64 {
     }
 }
 
+/// The numeric fields of a `/proc/<pid>/stat` text after the command name
+/// (index 0 is the state), as far as they parse.
+fn stat_fields(stat: &str) -> Option<Vec<Option<u64>>> {
+    // The command name may hold spaces; the fields after it do not.
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    Some(rest.split_whitespace().map(|f| f.parse().ok()).collect())
+}
+
 /// (ppid, utime + stime, cutime + cstime) of `pid`, in clock ticks.
 fn proc_stat(pid: u32) -> Option<(u32, u64, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may hold spaces; the fields after it do not.
-    let fields: Vec<&str> = stat.get(stat.rfind(')')? + 2..)?.split_whitespace().collect();
-    let n = |i: usize| fields.get(i)?.parse::<u64>().ok();
+    let fields = stat_fields(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)?;
+    let n = |i: usize| *fields.get(i)?;
     Some((n(1)? as u32, n(11)? + n(12)?, n(13)? + n(14)?))
+}
+
+/// This process's minor page faults and CPU time (utime + stime) so far.
+pub fn own_usage() -> Option<(u64, Duration)> {
+    let fields = stat_fields(&std::fs::read_to_string("/proc/self/stat").ok()?)?;
+    let n = |i: usize| *fields.get(i)?;
+    let ticks = n(11)? + n(12)?;
+    Some((n(7)?, Duration::from_secs_f64(ticks as f64 / ticks_per_second())))
 }
 
 /// CPU ticks of the PostgreSQL cluster: the postmaster (with its reaped

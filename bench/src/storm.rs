@@ -37,6 +37,18 @@ pub const CODER_MAIN: &str = "Coder main";
 const SIDES: usize = 6;
 /// Rounds per side (alternating).
 const ROUNDS: usize = 2;
+/// Rounds run before those reported, in round 1's order, and not counted.
+///
+/// Why: the first side to run in a fresh process pays for the process's first
+/// use of its memory, and that side was idgate's round 1. Measured on
+/// 2026-12-04 with this process's minor page faults and CPU time per run:
+/// idgate first took 17,009 page faults and 1.67 s of CPU against 2 and 1.15 s
+/// for the same requests in round 2 (p99 199 ms against 166 ms). With a whole
+/// warm-up round first, idgate's counted rounds took 28 and 3 page faults (p99
+/// 158 and 139 ms); a wave of 2,000 requests per router had not been enough.
+/// The extra CPU is not there in every run (one later run: 17,609 page faults
+/// at the same CPU and p99 as the counted rounds), the page faults are.
+const WARM_UP_ROUNDS: usize = 1;
 
 /// The storm's instances: (tag, count, agents per instance, earlier builds).
 const MIX: &[(&str, usize, usize, u32)] = &[
@@ -61,7 +73,12 @@ pub struct Leftover {
 
 struct Run {
     side: &'static str,
+    /// 1-based; `None` for a warm-up round.
+    round: Option<usize>,
     outcome: Outcome,
+    /// This process's (client and servers) minor page faults and CPU time
+    /// during the run.
+    usage: Option<(u64, Duration)>,
     statements: Option<i64>,
     /// Connections the kernel dropped because an accept queue was full.
     overflows: Option<u64>,
@@ -159,7 +176,8 @@ pub fn run(rt: &tokio::runtime::Runtime, pg: &BenchCluster, http: &Http) -> anyh
         )?)
         .await?;
         let mut runs = Vec::new();
-        for round in 0..ROUNDS {
+        for pass in 0..WARM_UP_ROUNDS + ROUNDS {
+            let round = pass.checked_sub(WARM_UP_ROUNDS);
             let mut order: [(&'static str, &String, &Arc<Vec<Request>>, Connections); SIDES] = [
                 ("idgate", &ours, &requests, Connections::KeepAlive),
                 ("baseline", &theirs, &requests, Connections::KeepAlive),
@@ -168,7 +186,7 @@ pub fn run(rt: &tokio::runtime::Runtime, pg: &BenchCluster, http: &Http) -> anyh
                 (FRESH, &ours, &requests, Connections::Fresh),
                 (NAMED_FRESH, &theirs, &named, Connections::Fresh),
             ];
-            if round % 2 == 1 {
+            if round.is_some_and(|r| r % 2 == 1) {
                 order.reverse();
             }
             for (side, base, requests, connections) in order {
@@ -176,7 +194,11 @@ pub fn run(rt: &tokio::runtime::Runtime, pg: &BenchCluster, http: &Http) -> anyh
                     pg.reset_counts().await?;
                 }
                 let overflows_before = listen_overflows();
+                let usage_before = crate::ceiling::own_usage();
                 let outcome = drive_with(base, requests.clone(), IN_FLIGHT, Limit::Once, connections).await;
+                let usage = crate::ceiling::own_usage()
+                    .zip(usage_before)
+                    .map(|((f1, c1), (f0, c0))| (f1.saturating_sub(f0), c1.saturating_sub(c0)));
                 let overflows = listen_overflows()
                     .zip(overflows_before)
                     .map(|(after, before)| after.saturating_sub(before));
@@ -187,14 +209,16 @@ pub fn run(rt: &tokio::runtime::Runtime, pg: &BenchCluster, http: &Http) -> anyh
                 };
                 eprintln!(
                     "storm round {}: {side}: {} in {}, p99 {}",
-                    round + 1,
+                    round.map_or("warm-up".to_string(), |r| (r + 1).to_string()),
                     outcome.status_list(),
                     fmt(outcome.elapsed),
                     fmt(outcome.quantile(0.99))
                 );
                 runs.push(Run {
                     side,
+                    round: round.map(|r| r + 1),
                     outcome,
+                    usage,
                     statements,
                     overflows,
                 });
@@ -215,7 +239,7 @@ pub fn run(rt: &tokio::runtime::Runtime, pg: &BenchCluster, http: &Http) -> anyh
 
 fn headline(runs: &[Run]) -> String {
     let side = |name: &str| {
-        let of: Vec<&Run> = runs.iter().filter(|r| r.side == name).collect();
+        let of: Vec<&Run> = runs.iter().filter(|r| r.side == name && r.round.is_some()).collect();
         let failures: Vec<String> = of.iter().map(|r| r.outcome.failures().to_string()).collect();
         let p99: Vec<String> = of.iter().map(|r| fmt(r.outcome.quantile(0.99))).collect();
         format!(
@@ -235,6 +259,37 @@ fn headline(runs: &[Run]) -> String {
     )
 }
 
+/// What the warm-up round's first run cost against the same side's counted
+/// rounds: the process's first use of its memory.
+fn first_use(runs: &[Run]) -> String {
+    let Some(first) = runs.first().filter(|r| r.round.is_none()) else {
+        return String::new();
+    };
+    let counted: Vec<&Run> = runs
+        .iter()
+        .filter(|r| r.side == first.side && r.round.is_some())
+        .collect();
+    let list = |f: &dyn Fn(&Run) -> String| counted.iter().map(|r| f(r)).collect::<Vec<_>>().join(" / ");
+    let faults = |r: &Run| r.usage.map_or("n/a".into(), |(n, _)| n.to_string());
+    let cpu = |r: &Run| r.usage.map_or("n/a".into(), |(_, c)| fmt(c));
+    let p99 = |r: &Run| fmt(r.outcome.quantile(0.99));
+    format!(
+        " The process's first run, {side} in the warm-up round, took {} page faults against {} for the same \
+         requests in its counted rounds (the first use of the process's memory: the sandbox's pooled instance \
+         slots, the allocator's arenas, connection buffers), {} of CPU against {}, and p99 {} against {}. \
+         Before the warm-up round, that first use fell in idgate's round 1; in some runs (not all) it cost a \
+         third more CPU there, which is why earlier reports often showed idgate's first round with the longer \
+         tail.",
+        faults(first),
+        list(&faults),
+        cpu(first),
+        list(&cpu),
+        p99(first),
+        list(&p99),
+        side = first.side,
+    )
+}
+
 fn report(total: usize, runs: &[Run], registered: Duration, minted: Duration) -> String {
     let mut md = String::from("## Reconnect storm: 10,000 instances at once\n\n");
     let _ = writeln!(
@@ -247,8 +302,10 @@ fn report(total: usize, runs: &[Run], registered: Duration, minted: Duration) ->
          `idgate::db::batch::MAX_STATEMENTS_IN_FLIGHT`), 2 s acquire timeout; the server's request timeout is 10 s (503); the client's 30 s. \
          Client and server share the machine's cores. Both sides' pools are opened before the rounds, the \
          registered rows are vacuumed, prewarmed and checkpointed (`fixtures::settle`), and the process sizes its \
-         descriptor table before its threads start, as `idgate serve` does: every round starts from the same \
-         state, whichever side goes first. Connections: in the plain rows {IN_FLIGHT} clients each open a \
+         descriptor table before its threads start, as `idgate serve` does. A warm-up round in round 1's \
+         order runs first: it is in the table but not in the ratios or the headline, so that every counted \
+         round starts from a process that has run every side once, whichever side goes first (*page faults* \
+         and *CPU* are this process's, load client and servers together, during the run). Connections: in the plain rows {IN_FLIGHT} clients each open a \
          connection at once and keep it alive for their next requests (the first wave is {IN_FLIGHT} connects \
          at once); in the *fresh connections* rows every request opens its own connection and closes it, as \
          10,000 separate agents do. Both servers listen as `idgate serve` does, with a backlog of {BACKLOG} \
@@ -289,15 +346,15 @@ fn report(total: usize, runs: &[Run], registered: Duration, minted: Duration) ->
     );
     md.push_str(
         "| round | side | answers | non-200 | p50 | p99 | max | wall time | statements (PostgreSQL) | per request | \
-         listen overflows |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
+         listen overflows | page faults (process) | CPU (process) |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
-    for (i, r) in runs.iter().enumerate() {
+    for r in runs {
         let o = &r.outcome;
         let answered = o.latencies.len() + o.transport_errors;
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-            i / SIDES + 1,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            r.round.map_or("warm-up".to_string(), |n| n.to_string()),
             r.side,
             o.status_list(),
             o.failures(),
@@ -310,10 +367,16 @@ fn report(total: usize, runs: &[Run], registered: Duration, minted: Duration) ->
                 // Two decimals: under batching idgate's figure is a few hundredths.
                 .map_or("n/a".into(), |s| format!("{:.2}", s as f64 / answered.max(1) as f64)),
             r.overflows.map_or("n/a".into(), |n| n.to_string()),
+            r.usage.map_or("n/a".into(), |(faults, _)| faults.to_string()),
+            r.usage.map_or("n/a".into(), |(_, cpu)| fmt(cpu)),
         );
     }
     let median_of = |name: &str, f: &dyn Fn(&Outcome) -> f64| {
-        let mut v: Vec<f64> = runs.iter().filter(|r| r.side == name).map(|r| f(&r.outcome)).collect();
+        let mut v: Vec<f64> = runs
+            .iter()
+            .filter(|r| r.side == name && r.round.is_some())
+            .map(|r| f(&r.outcome))
+            .collect();
         v.sort_by(f64::total_cmp);
         match v.len() {
             0 => f64::NAN,
@@ -323,7 +386,7 @@ fn report(total: usize, runs: &[Run], registered: Duration, minted: Duration) ->
     };
     let p99 = |o: &Outcome| o.quantile(0.99).as_secs_f64();
     let wall = |o: &Outcome| o.elapsed.as_secs_f64();
-    let _ = writeln!(
+    let _ = write!(
         md,
         "\nidgate's cost per request is flat (plugin verification plus at most one statement on a plan cached \
          per connection; while requests wait for the statements in flight, at most {MAX_STATEMENTS} of them, they \
@@ -335,12 +398,11 @@ fn report(total: usize, runs: &[Run], registered: Duration, minted: Duration) ->
          the p50.) With fresh connections every request also pays a connect, an accept and a close on both \
          ends, on the same two cores, so the rate is lower and the queue longer. Most baseline requests (one agent, no history) cost five cheap lookups, which can put its p50 \
          near or below idgate's; its tail is the instances with history, whose dozens to hundreds of statements \
-         each queue for the same {POOL} connections. In five of the six storm runs of 2026-12-02 and \
-         2026-12-04 idgate's first round had the longer tail (the exception: 170 ms against 175 ms, with \
-         statements planned at connect); not explained yet, as both sides start each round from the same \
-         settled state.",
+         each queue for the same {POOL} connections.",
         MAX_STATEMENTS = idgate::db::batch::MAX_STATEMENTS_IN_FLIGHT,
     );
+    md.push_str(&first_use(runs));
+    md.push('\n');
     for (name, ours) in [
         ("baseline", "idgate"),
         (NAMED, "idgate"),
