@@ -277,8 +277,8 @@ fn first_use(runs: &[Run]) -> String {
         " The process's first run, {side} in the warm-up round, took {} page faults against {} for the same \
          requests in its counted rounds (the first use of the process's memory: the sandbox's pooled instance \
          slots, the allocator's arenas, connection buffers), {} of CPU against {}, and p99 {} against {}. \
-         Before the warm-up round, that first use fell in idgate's round 1; in some runs (not all) it cost a \
-         third more CPU there, which is why earlier reports often showed idgate's first round with the longer \
+         Before the warm-up round, that first use fell in idgate's round 1; in some runs (not all) it cost up \
+         to 45 % more CPU there, which is why earlier reports often showed idgate's first round with the longer \
          tail.",
         faults(first),
         list(&faults),
