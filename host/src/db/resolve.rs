@@ -12,6 +12,51 @@ use std::time::Duration;
 use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
+/// One resolution statement's text, for one instance ID or for several: the
+/// two differ only in how the ID is matched (`$ids`) and in whether a row
+/// carries its agent's instance ID (`$tag`), so they are written once.
+macro_rules! resolution_sql {
+    ($ids:literal, $tag:literal) => {
+        concat!(
+            "WITH candidate_builds AS MATERIALIZED (
+  SELECT workspace_resources.id AS resource_id, workspace_resources.job_id,
+         workspace_builds.workspace_id, workspace_builds.build_number
+  FROM workspace_resources
+  JOIN workspace_builds ON workspace_builds.job_id = workspace_resources.job_id
+  WHERE workspace_resources.id IN (
+    SELECT candidate.resource_id FROM workspace_agents AS candidate
+    WHERE candidate.auth_instance_id ",
+            $ids,
+            "
+      AND candidate.deleted = FALSE
+      AND candidate.parent_id IS NULL)
+), latest_builds AS MATERIALIZED (
+  SELECT workspaces.id AS workspace_id,
+         (SELECT max(latest.build_number) FROM workspace_builds AS latest
+          WHERE latest.workspace_id = workspaces.id) AS build_number
+  FROM workspaces
+  WHERE workspaces.id IN (SELECT candidate_builds.workspace_id FROM candidate_builds)
+    AND workspaces.deleted = FALSE
+)
+SELECT ",
+            $tag,
+            "workspace_agents.name, workspace_agents.auth_token
+FROM candidate_builds
+JOIN latest_builds ON latest_builds.workspace_id = candidate_builds.workspace_id
+  AND latest_builds.build_number = candidate_builds.build_number
+JOIN provisioner_jobs ON provisioner_jobs.id = candidate_builds.job_id
+JOIN workspace_agents ON workspace_agents.resource_id = candidate_builds.resource_id
+WHERE provisioner_jobs.type = 'workspace_build'
+  AND workspace_agents.auth_instance_id ",
+            $ids,
+            "
+  AND workspace_agents.deleted = FALSE
+  AND workspace_agents.parent_id IS NULL
+ORDER BY workspace_agents.created_at DESC, workspace_agents.id"
+        )
+    };
+}
+
 /// The one statement of a resolution: root, non-deleted agents carrying the
 /// instance ID, on a resource of a `workspace_build` job whose build is the
 /// latest of a non-deleted workspace. It is Coder's
@@ -39,36 +84,7 @@ use uuid::Uuid;
 /// estimates: merged into one join, a plan built for "about three rows per
 /// instance ID" walks every candidate through every join (tens of ms on
 /// 5,050 not-soft-deleted rows).
-pub const RESOLVE_SQL: &str = "\
-WITH candidate_builds AS MATERIALIZED (
-  SELECT workspace_resources.id AS resource_id, workspace_resources.job_id,
-         workspace_builds.workspace_id, workspace_builds.build_number
-  FROM workspace_resources
-  JOIN workspace_builds ON workspace_builds.job_id = workspace_resources.job_id
-  WHERE workspace_resources.id IN (
-    SELECT candidate.resource_id FROM workspace_agents AS candidate
-    WHERE candidate.auth_instance_id = $1::text
-      AND candidate.deleted = FALSE
-      AND candidate.parent_id IS NULL)
-), latest_builds AS MATERIALIZED (
-  SELECT workspaces.id AS workspace_id,
-         (SELECT max(latest.build_number) FROM workspace_builds AS latest
-          WHERE latest.workspace_id = workspaces.id) AS build_number
-  FROM workspaces
-  WHERE workspaces.id IN (SELECT candidate_builds.workspace_id FROM candidate_builds)
-    AND workspaces.deleted = FALSE
-)
-SELECT workspace_agents.name, workspace_agents.auth_token
-FROM candidate_builds
-JOIN latest_builds ON latest_builds.workspace_id = candidate_builds.workspace_id
-  AND latest_builds.build_number = candidate_builds.build_number
-JOIN provisioner_jobs ON provisioner_jobs.id = candidate_builds.job_id
-JOIN workspace_agents ON workspace_agents.resource_id = candidate_builds.resource_id
-WHERE provisioner_jobs.type = 'workspace_build'
-  AND workspace_agents.auth_instance_id = $1::text
-  AND workspace_agents.deleted = FALSE
-  AND workspace_agents.parent_id IS NULL
-ORDER BY workspace_agents.created_at DESC, workspace_agents.id";
+pub const RESOLVE_SQL: &str = resolution_sql!("= $1::text", "");
 
 /// [`RESOLVE_SQL`] for several instance IDs at once (`$1::text[]`, at most
 /// [`crate::db::batch::MAX_BATCH`] distinct IDs), each row tagged with its
@@ -79,36 +95,7 @@ ORDER BY workspace_agents.created_at DESC, workspace_agents.id";
 ///
 /// `= ANY($1::text[])` is served by the same `(auth_instance_id, deleted)`
 /// index (one probe per ID), and the plan is generic like [`RESOLVE_SQL`]'s.
-pub const BATCH_SQL: &str = "\
-WITH candidate_builds AS MATERIALIZED (
-  SELECT workspace_resources.id AS resource_id, workspace_resources.job_id,
-         workspace_builds.workspace_id, workspace_builds.build_number
-  FROM workspace_resources
-  JOIN workspace_builds ON workspace_builds.job_id = workspace_resources.job_id
-  WHERE workspace_resources.id IN (
-    SELECT candidate.resource_id FROM workspace_agents AS candidate
-    WHERE candidate.auth_instance_id = ANY($1::text[])
-      AND candidate.deleted = FALSE
-      AND candidate.parent_id IS NULL)
-), latest_builds AS MATERIALIZED (
-  SELECT workspaces.id AS workspace_id,
-         (SELECT max(latest.build_number) FROM workspace_builds AS latest
-          WHERE latest.workspace_id = workspaces.id) AS build_number
-  FROM workspaces
-  WHERE workspaces.id IN (SELECT candidate_builds.workspace_id FROM candidate_builds)
-    AND workspaces.deleted = FALSE
-)
-SELECT workspace_agents.auth_instance_id, workspace_agents.name, workspace_agents.auth_token
-FROM candidate_builds
-JOIN latest_builds ON latest_builds.workspace_id = candidate_builds.workspace_id
-  AND latest_builds.build_number = candidate_builds.build_number
-JOIN provisioner_jobs ON provisioner_jobs.id = candidate_builds.job_id
-JOIN workspace_agents ON workspace_agents.resource_id = candidate_builds.resource_id
-WHERE provisioner_jobs.type = 'workspace_build'
-  AND workspace_agents.auth_instance_id = ANY($1::text[])
-  AND workspace_agents.deleted = FALSE
-  AND workspace_agents.parent_id IS NULL
-ORDER BY workspace_agents.created_at DESC, workspace_agents.id";
+pub const BATCH_SQL: &str = resolution_sql!("= ANY($1::text[])", "workspace_agents.auth_instance_id, ");
 
 /// The outcome of a resolution. The messages are Coder's, ready for the
 /// response body.
@@ -326,6 +313,18 @@ fn go_printable(c: char) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// ARCHITECTURE.md quotes the statement; the quote is the statement.
+    #[test]
+    fn architecture_quotes_the_resolution_statement() {
+        let doc = include_str!("../../../ARCHITECTURE.md");
+        let quoted = doc
+            .split("```sql\n")
+            .nth(1)
+            .and_then(|rest| rest.split("\n```").next())
+            .expect("ARCHITECTURE.md has a SQL block");
+        assert_eq!(quoted, RESOLVE_SQL);
+    }
 
     fn cand(name: &str, n: u128) -> Candidate {
         Candidate {
