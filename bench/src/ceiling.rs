@@ -130,7 +130,7 @@ impl Verifier for NativeVerifier {
         &'a self,
         provider: &'a str,
         credential: String,
-        key_set: Option<String>,
+        key_set: Option<Arc<str>>,
         now: i64,
     ) -> Pin<Box<dyn Future<Output = Result<Identity, CallError>> + Send + 'a>> {
         Box::pin(async move {
@@ -155,7 +155,7 @@ impl Verifier for StubVerifier {
         &'a self,
         _provider: &'a str,
         _credential: String,
-        _key_set: Option<String>,
+        _key_set: Option<Arc<str>>,
         _now: i64,
     ) -> Pin<Box<dyn Future<Output = Result<Identity, CallError>> + Send + 'a>> {
         Box::pin(async { Ok(Identity::new(STUB_INSTANCE)) })

@@ -65,7 +65,7 @@ pub trait Verifier: Send + Sync {
         &'a self,
         provider: &'a str,
         credential: String,
-        key_set: Option<String>,
+        key_set: Option<Arc<str>>,
         now: i64,
     ) -> Pin<Box<dyn Future<Output = Result<Identity, CallError>> + Send + 'a>>;
 }
@@ -254,7 +254,7 @@ impl Authenticator {
         &self,
         plugin: &Configured,
         credential: String,
-        key_set: Option<String>,
+        key_set: Option<Arc<str>>,
         now: i64,
     ) -> Result<Identity, CallError> {
         if let Some(v) = &self.stand_in {
@@ -356,12 +356,10 @@ impl Authenticator {
             return self.call(plugin, credential, None, now).await.map_err(AuthError::Call);
         };
         let key_set = keys
-            .key_set()
+            .key_set_text()
             .await
             .map_err(|e| AuthError::KeysUnavailable(e.to_string()))?;
-        let first = self
-            .call(plugin, credential.clone(), Some(key_set.to_string()), now)
-            .await;
+        let first = self.call(plugin, credential.clone(), Some(key_set), now).await;
         // A key the issuer rotated in since the last fetch (Google's, say):
         // refresh once (rate-limited inside the cache) and try again.
         match first {
@@ -369,10 +367,10 @@ impl Authenticator {
                 if reason.contains(crate::jwks::UNKNOWN_KID_MARKER) && keys.refresh_for_unknown_kid().await =>
             {
                 let key_set = keys
-                    .key_set()
+                    .key_set_text()
                     .await
                     .map_err(|e| AuthError::KeysUnavailable(e.to_string()))?;
-                self.call(plugin, credential, Some(key_set.to_string()), now)
+                self.call(plugin, credential, Some(key_set), now)
                     .await
                     .map_err(AuthError::Call)
             }

@@ -88,6 +88,9 @@ impl std::fmt::Display for Source {
 /// One good key set and its lifetime.
 pub(crate) struct Cached {
     keys: Value,
+    /// `keys` as JSON text, what each call hands the plugin: serialised once
+    /// per fetch, not once per request.
+    text: Arc<str>,
     /// Start refreshing from here (shortly before expiry).
     refresh_at: Instant,
     /// The source's expiry.
@@ -174,6 +177,16 @@ impl KeyCache {
 
     /// The current key set (`{"keys": [...]}`), fetching or refreshing as needed.
     pub async fn key_set(&self) -> Result<Value, KeysUnavailable> {
+        Ok(self.current().await?.keys.clone())
+    }
+
+    /// [`KeyCache::key_set`] as JSON text, shared: what a plugin's `host-keys`
+    /// import answers.
+    pub async fn key_set_text(&self) -> Result<Arc<str>, KeysUnavailable> {
+        Ok(self.current().await?.text.clone())
+    }
+
+    async fn current(&self) -> Result<Arc<Cached>, KeysUnavailable> {
         if let Some(keys) = self.fresh(Instant::now()) {
             return Ok(keys);
         }
@@ -230,16 +243,16 @@ impl KeyCache {
     }
 
     /// The cached set if it does not need refreshing yet.
-    fn fresh(&self, now: Instant) -> Option<Value> {
+    fn fresh(&self, now: Instant) -> Option<Arc<Cached>> {
         let cached = self.cached.read().unwrap_or_else(|e| e.into_inner());
-        cached.as_ref().filter(|c| now < c.refresh_at).map(|c| c.keys.clone())
+        cached.as_ref().filter(|c| now < c.refresh_at).cloned()
     }
 
     /// The last good set while it is within its expiry plus the grace period.
-    fn stale_or(&self, reason: String) -> Result<Value, KeysUnavailable> {
+    fn stale_or(&self, reason: String) -> Result<Arc<Cached>, KeysUnavailable> {
         let cached = self.cached.read().unwrap_or_else(|e| e.into_inner());
         match cached.as_ref() {
-            Some(c) if Instant::now() < c.expires_at + self.stale_grace => Ok(c.keys.clone()),
+            Some(c) if Instant::now() < c.expires_at + self.stale_grace => Ok(c.clone()),
             Some(_) => Err(KeysUnavailable(format!(
                 "{reason} (the last key set from {} expired more than {}s ago)",
                 self.source,
@@ -249,10 +262,10 @@ impl KeyCache {
         }
     }
 
-    fn store(&self, cached: Cached) -> Value {
-        let keys = cached.keys.clone();
-        *self.cached.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(cached));
-        keys
+    fn store(&self, cached: Cached) -> Arc<Cached> {
+        let cached = Arc::new(cached);
+        *self.cached.write().unwrap_or_else(|e| e.into_inner()) = Some(cached.clone());
+        cached
     }
 
     async fn fetch_now(&self) -> Result<Cached, String> {
@@ -279,6 +292,7 @@ pub(crate) fn cached_for(keys: Value, ttl: Duration) -> Cached {
     let now = Instant::now();
     let margin = (ttl / 10).min(Duration::from_secs(60));
     Cached {
+        text: keys.to_string().into(),
         keys,
         refresh_at: now + (ttl - margin),
         expires_at: now + ttl,
@@ -350,6 +364,7 @@ mod tests {
         fn send<T: Send>(_: T) {}
         let cache = KeyCache::from_config(&json!({})).unwrap();
         send(cache.key_set());
+        send(cache.key_set_text());
         send(cache.refresh_for_unknown_kid());
     }
 
@@ -367,6 +382,11 @@ mod tests {
         std::fs::write(&path, json!({"keys": [key_b]}).to_string()).unwrap();
         assert!(cache.refresh_for_unknown_kid().await);
         assert_eq!(cache.key_set().await.unwrap(), json!({"keys": [key_b]}));
+        // The text a plugin gets is that set, serialised once per fetch and
+        // shared by every request until the next.
+        let text = cache.key_set_text().await.unwrap();
+        assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), json!({"keys": [key_b]}));
+        assert!(Arc::ptr_eq(&text, &cache.key_set_text().await.unwrap()));
         // Rate-limited: the second forced refresh within the window does nothing.
         assert!(!cache.refresh_for_unknown_kid().await);
         std::fs::remove_dir_all(&dir).unwrap();

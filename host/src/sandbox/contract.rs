@@ -101,13 +101,13 @@ speak!(since_v0_3_0);
 
 impl since_v0_2_0::idgate::identity::host_keys::Host for CallState {
     fn key_set(&mut self) -> Option<String> {
-        self.inputs.key_set.clone()
+        self.inputs.key_set.as_deref().map(str::to_string)
     }
 }
 
 impl since_v0_3_0::idgate::identity::host_keys::Host for CallState {
     fn key_set(&mut self) -> Option<String> {
-        self.inputs.key_set.clone()
+        self.inputs.key_set.as_deref().map(str::to_string)
     }
 }
 

@@ -221,7 +221,7 @@ pub struct TrustAnchor {
 #[derive(Clone, Default)]
 pub struct HostInputs {
     /// The provider's key set, answered by `host-keys`.
-    pub key_set: Option<String>,
+    pub key_set: Option<Arc<str>>,
     /// Issuer certificates the host holds, answered by `issuers` (0.3.0).
     pub issuers: Option<Arc<dyn IssuerBodies>>,
 }
@@ -298,7 +298,7 @@ impl Sandbox {
         now: i64,
     ) -> Result<Identity, CallError> {
         let inputs = HostInputs {
-            key_set: key_set.map(str::to_string),
+            key_set: key_set.map(Arc::from),
             issuers: None,
         };
         self.verify_with(plugin, credential, &inputs, now).result
@@ -369,7 +369,7 @@ impl Sandbox {
             .get(provider)
             .ok_or_else(|| CallError::NotLoaded(provider.to_string()))?;
         let inputs = HostInputs {
-            key_set: key_set.map(str::to_string),
+            key_set: key_set.map(Arc::from),
             issuers: None,
         };
         let result = match &plugin.linked {
@@ -397,7 +397,10 @@ impl Sandbox {
         key_set: Option<String>,
         now: i64,
     ) -> Result<Identity, CallError> {
-        let inputs = HostInputs { key_set, issuers: None };
+        let inputs = HostInputs {
+            key_set: key_set.map(Arc::from),
+            issuers: None,
+        };
         self.verify_async_with(plugin, credential, inputs, now).await.result
     }
 
