@@ -47,7 +47,9 @@ const ROUNDS: usize = 2;
 /// warm-up round first, idgate's counted rounds took 28 and 3 page faults (p99
 /// 158 and 139 ms); a wave of 2,000 requests per router had not been enough.
 /// The extra CPU is not there in every run (one later run: 17,609 page faults
-/// at the same CPU and p99 as the counted rounds), the page faults are.
+/// at the same CPU and p99 as the counted rounds), the page faults are. And the
+/// warm-up does not remove every difference: in another run idgate's counted
+/// round 1 took 1.58 s of CPU (45 page faults) against 1.15 s in round 2.
 const WARM_UP_ROUNDS: usize = 1;
 
 /// The storm's instances: (tag, count, agents per instance, earlier builds).
@@ -277,9 +279,11 @@ fn first_use(runs: &[Run]) -> String {
         " The process's first run, {side} in the warm-up round, took {} page faults against {} for the same \
          requests in its counted rounds (the first use of the process's memory: the sandbox's pooled instance \
          slots, the allocator's arenas, connection buffers), {} of CPU against {}, and p99 {} against {}. \
-         Before the warm-up round, that first use fell in idgate's round 1; in some runs (not all) it cost up \
-         to 45 % more CPU there, which is why earlier reports often showed idgate's first round with the longer \
-         tail.",
+         Before the warm-up round, that first use fell in idgate's round 1, where in some runs (not all) it \
+         cost up to 45 % more CPU. The warm-up takes the page faults out of the counted rounds, but not every \
+         difference between them: when one counted round still takes clearly more CPU than the other for the \
+         same requests (see the CPU column), the cause is not found yet; the machine's neighbours are one \
+         candidate, since the figure is this process's own time.",
         faults(first),
         list(&faults),
         cpu(first),
