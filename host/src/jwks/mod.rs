@@ -87,9 +87,8 @@ impl std::fmt::Display for Source {
 
 /// One good key set and its lifetime.
 pub(crate) struct Cached {
-    keys: Value,
-    /// `keys` as JSON text, what each call hands the plugin: serialised once
-    /// per fetch, not once per request.
+    /// The set (`{"keys": [...]}`) as JSON text, what each call hands the
+    /// plugin: serialised once per fetch, not once per request.
     text: Arc<str>,
     /// Start refreshing from here (shortly before expiry).
     refresh_at: Instant,
@@ -177,7 +176,8 @@ impl KeyCache {
 
     /// The current key set (`{"keys": [...]}`), fetching or refreshing as needed.
     pub async fn key_set(&self) -> Result<Value, KeysUnavailable> {
-        Ok(self.current().await?.keys.clone())
+        let text = self.current().await?.text.clone();
+        Ok(serde_json::from_str(&text).expect("the cache holds JSON it serialised itself"))
     }
 
     /// [`KeyCache::key_set`] as JSON text, shared: what a plugin's `host-keys`
@@ -293,7 +293,6 @@ pub(crate) fn cached_for(keys: Value, ttl: Duration) -> Cached {
     let margin = (ttl / 10).min(Duration::from_secs(60));
     Cached {
         text: keys.to_string().into(),
-        keys,
         refresh_at: now + (ttl - margin),
         expires_at: now + ttl,
     }
