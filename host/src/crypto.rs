@@ -340,7 +340,7 @@ mod tests {
         let issuing = parse(include_str!(
             "../../tests/data/azure/microsoft_azure_tls_issuing_ca_05.pem"
         ));
-        let algorithm = match issuing.signature_alg.as_str() {
+        let algorithm = match issuing.signature_alg.to_string().as_str() {
             "1.2.840.113549.1.1.11" => SignatureAlgorithm::RsaPkcs1Sha256,
             "1.2.840.113549.1.1.12" => SignatureAlgorithm::RsaPkcs1Sha384,
             other => panic!("unexpected signature algorithm {other}"),

@@ -47,7 +47,7 @@ fn named<'a>(certs: &'a [Cert], cn: &str) -> Vec<&'a Cert> {
 
 /// The signature algorithm of `cert`'s issuer's signature, as the host knows it.
 fn algorithm(cert: &Cert) -> SignatureAlgorithm {
-    match cert.signature_alg.as_str() {
+    match cert.signature_alg.to_string().as_str() {
         "1.2.840.113549.1.1.11" => SignatureAlgorithm::RsaPkcs1Sha256,
         "1.2.840.113549.1.1.12" => SignatureAlgorithm::RsaPkcs1Sha384,
         "1.2.840.113549.1.1.13" => SignatureAlgorithm::RsaPkcs1Sha512,

@@ -3,7 +3,7 @@
 
 use der::asn1::ObjectIdentifier;
 use der::asn1::{Ia5StringRef, PrintableStringRef, Utf8StringRef};
-use der::{Decode, Encode, Tag, Tagged};
+use der::{Decode, Tag, Tagged};
 use x509_cert::ext::pkix::name::GeneralName;
 use x509_cert::ext::pkix::{BasicConstraints, ExtendedKeyUsage, KeyUsage, NameConstraints, SubjectAltName};
 use x509_cert::name::Name;
@@ -61,7 +61,7 @@ pub struct Cert {
     /// The SubjectPublicKeyInfo, DER.
     pub spki: Vec<u8>,
     /// The outer signatureAlgorithm OID.
-    pub signature_alg: String,
+    pub signature_alg: ObjectIdentifier,
     /// The signature bits.
     pub signature: Vec<u8>,
     /// Subject name.
@@ -101,11 +101,26 @@ impl Cert {
     /// the same bytes: a PKCS#7's, say): the checks and fields without a second decode.
     pub fn from_certificate(der: &[u8], cert: &Certificate) -> Result<Cert, String> {
         let outer = ber::der_element(der)?;
-        let tbs = ber::der_elements(outer.content)?
+        let tbs_element = *ber::der_elements(outer.content)?
             .first()
-            .map(|t| t.whole.to_vec())
             .ok_or("certificate without TBSCertificate")?;
         let tbs_cert = &cert.tbs_certificate;
+        // The key as the certificate encodes it, not re-encoded: `cert` came from
+        // these bytes as strict DER, so they are what an encoder would write.
+        // TBSCertificate: [0] version (absent for v1), serial, signature, issuer,
+        // validity, subject, subjectPublicKeyInfo.
+        let tbs_fields = ber::der_elements(tbs_element.content)?;
+        let spki_at = if tbs_fields.first().is_some_and(|f| f.tag == 0xa0) {
+            6
+        } else {
+            5
+        };
+        let spki = tbs_fields
+            .get(spki_at)
+            .filter(|f| f.tag == 0x30)
+            .map(|f| f.whole.to_vec())
+            .ok_or("TBSCertificate without subjectPublicKeyInfo")?;
+        let tbs = tbs_element.whole.to_vec();
         if tbs_cert.signature != cert.signature_algorithm {
             return Err("inner and outer signature algorithms differ".into());
         }
@@ -114,15 +129,11 @@ impl Cert {
             .as_bytes()
             .ok_or("signature BIT STRING has unused bits")?
             .to_vec();
-        let spki = tbs_cert
-            .subject_public_key_info
-            .to_der()
-            .map_err(|e| format!("public key: {e}"))?;
         let mut out = Cert {
             der: der.to_vec(),
             tbs,
             spki,
-            signature_alg: cert.signature_algorithm.oid.to_string(),
+            signature_alg: cert.signature_algorithm.oid,
             signature,
             subject: tbs_cert.subject.clone(),
             issuer: tbs_cert.issuer.clone(),
@@ -250,4 +261,47 @@ fn common_names(name: &Name) -> Vec<String> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use der::Encode;
+
+    /// The key and algorithm are taken from the certificate's own bytes; for
+    /// every certificate in the repository (v1 without a version field, v3 with
+    /// one) they are what decoding and re-encoding gives.
+    #[test]
+    fn key_and_algorithm_are_the_decoded_ones() {
+        let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/data");
+        let mut seen = 0;
+        let mut versions = std::collections::BTreeSet::new();
+        for dir in ["aws", "aws/spire_region_certs", "azure"] {
+            for entry in std::fs::read_dir(data.join(dir)).unwrap() {
+                let path = entry.unwrap().path();
+                if path.extension().is_none_or(|e| e != "pem") {
+                    continue;
+                }
+                for der in crate::pem::certificates(&std::fs::read_to_string(&path).unwrap()).unwrap() {
+                    let x509 = Certificate::from_der(&der).unwrap();
+                    let cert = Cert::from_certificate(&der, &x509).unwrap();
+                    assert_eq!(
+                        cert.spki,
+                        x509.tbs_certificate.subject_public_key_info.to_der().unwrap(),
+                        "{path:?}"
+                    );
+                    assert_eq!(cert.signature_alg, x509.signature_algorithm.oid, "{path:?}");
+                    assert_eq!(cert.tbs, x509.tbs_certificate.to_der().unwrap(), "{path:?}");
+                    versions.insert(x509.tbs_certificate.version as u8);
+                    seen += 1;
+                }
+            }
+        }
+        assert!(seen >= 11, "{seen} certificates");
+        assert_eq!(
+            versions.into_iter().collect::<Vec<_>>(),
+            [0, 2],
+            "v1 and v3 both covered"
+        );
+    }
 }

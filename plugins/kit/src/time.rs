@@ -29,10 +29,17 @@ pub fn unix_from_parts(year: i64, month: u32, day: u32, hour: u32, min: u32, sec
 /// The decimal number at byte range `r` of `text`, all ASCII digits, or `None`.
 pub fn digits(text: &str, r: std::ops::Range<usize>) -> Option<u32> {
     let s = text.get(r)?;
-    if s.is_empty() || !s.bytes().all(|c| c.is_ascii_digit()) {
+    if s.is_empty() {
         return None;
     }
-    s.parse().ok()
+    // By hand, not `str::parse`: the same answer (overflow is `None` too), and
+    // cheaper in the sandbox, where every certificate and timestamp passes here.
+    s.bytes().try_fold(0u32, |n, c| {
+        if !c.is_ascii_digit() {
+            return None;
+        }
+        n.checked_mul(10)?.checked_add(u32::from(c - b'0'))
+    })
 }
 
 /// Parses an RFC 3339 timestamp (`2022-03-25T20:07:16Z`, fractional seconds and
@@ -91,12 +98,30 @@ pub fn format_rfc3339(unix: i64) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + if month <= 2 { 1 } else { 0 };
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        secs / 3600,
-        secs % 3600 / 60,
-        secs % 60
-    )
+    if !(0..=9999).contains(&year) {
+        return format!(
+            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+            secs / 3600,
+            secs % 3600 / 60,
+            secs % 60
+        );
+    }
+    // Digits by hand: `format!`'s padding was a visible share of a sandboxed
+    // Azure verification, which formats two times on every success.
+    let mut out = String::with_capacity(20);
+    let mut push = |n: i64, width: u32, sep: Option<char>| {
+        for place in (0..width).rev() {
+            out.push(char::from(b'0' + (n / 10i64.pow(place) % 10) as u8));
+        }
+        out.extend(sep);
+    };
+    push(year, 4, Some('-'));
+    push(month, 2, Some('-'));
+    push(day, 2, Some('T'));
+    push(secs / 3600, 2, Some(':'));
+    push(secs % 3600 / 60, 2, Some(':'));
+    push(secs % 60, 2, Some('Z'));
+    out
 }
 
 /// A time for messages: RFC 3339 within years 0..=9999, else raw seconds (a
@@ -125,8 +150,31 @@ mod tests {
         assert_eq!(parse_rfc3339("2024-05-17T18:19:47.123+02:00"), Some(1_715_962_787));
         assert_eq!(format_rfc3339(1_715_962_787), "2024-05-17T16:19:47Z");
         assert_eq!(format_rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(format_rfc3339(253_402_300_799), "9999-12-31T23:59:59Z");
+        assert_eq!(format_rfc3339(-62_167_219_200), "0000-01-01T00:00:00Z");
+        // Outside years 0..=9999, as `format!` pads them.
+        assert_eq!(format_rfc3339(253_402_300_800), "10000-01-01T00:00:00Z");
+        assert_eq!(format_rfc3339(-62_167_219_201), "-001-12-31T23:59:59Z");
         assert_eq!(describe(0), "1970-01-01T00:00:00Z");
         assert_eq!(describe(i64::MAX), format!("{} (Unix seconds)", i64::MAX));
+    }
+
+    #[test]
+    fn digits_are_ascii_digits_only() {
+        assert_eq!(digits("x0042y", 1..5), Some(42));
+        assert_eq!(digits("4294967295", 0..10), Some(u32::MAX));
+        for (text, r) in [
+            ("", 0..0),
+            ("12", 1..3),
+            ("+1", 0..2),
+            ("-1", 0..2),
+            ("4a", 0..2),
+            ("1 ", 0..2),
+        ] {
+            assert_eq!(digits(text, r.clone()), None, "{text:?} {r:?}");
+        }
+        assert_eq!(digits("4294967296", 0..10), None, "overflow");
+        assert_eq!(digits("é1", 1..3), None, "not on a char boundary");
     }
 
     #[test]
