@@ -18,3 +18,4 @@ mod replicas;
 mod resolve;
 mod sandbox;
 mod tls;
+mod topology;

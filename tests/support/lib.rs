@@ -3,6 +3,7 @@
 //! misbehaving fixture) built by `cargo xtask plugins`.
 
 pub mod pg;
+pub mod topology;
 
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
