@@ -10,6 +10,7 @@ mod edge;
 mod faults;
 mod gcp;
 mod http;
+mod issuers;
 mod mounts;
 mod oidc;
 mod plugin_trust;
