@@ -1,14 +1,17 @@
 //! Where a claim is: a path into the token's claims, as the operator writes it.
 //!
 //! Two spellings:
-//! - **dotted**, `kubernetes.io.pod.uid`: at each object the *longest* run of
-//!   the remaining segments that is a member name is taken (`kubernetes.io`
-//!   before `kubernetes`), then the rest is looked up inside it. So member names
-//!   that contain dots, as Kubernetes' `kubernetes.io` does, need no escaping.
-//!   Dotted paths only descend into objects.
+//! - **dotted**, `kubernetes.io.pod.uid`: at each object any run of the
+//!   remaining segments may be a member name (`kubernetes.io` or `kubernetes`),
+//!   then the rest is looked up inside it. So member names that contain dots,
+//!   as Kubernetes' `kubernetes.io` does, need no escaping. Dotted paths only
+//!   descend into objects. A path that reaches a value in **more than one way**
+//!   is ambiguous and refused ([`Ambiguous`]): a token carrying a top-level
+//!   member `"kubernetes.io.namespace"` beside the nested namespace must not
+//!   get to choose which one an allow-list reads.
 //! - **JSON Pointer** (RFC 6901), starting with `/`: `/kubernetes.io/pod/uid`,
 //!   exact, with `~1` for `/` and `~0` for `~` inside a name, and array indexes.
-//!   Use it when longest-first would pick the wrong member.
+//!   Use it to name one member exactly where dotted names could be read two ways.
 
 use serde_json::Value;
 
@@ -71,23 +74,57 @@ impl ClaimPath {
         &self.text
     }
 
-    /// The value at this path in `claims`, if there is one.
-    pub fn find<'a>(&self, claims: &'a Value) -> Option<&'a Value> {
+    /// The value at this path in `claims`, if there is one; [`Ambiguous`] if a
+    /// dotted path reaches values in more than one way.
+    pub fn find<'a>(&self, claims: &'a Value) -> Result<Option<&'a Value>, Ambiguous> {
         match &self.kind {
-            Kind::Pointer => claims.pointer(&self.text),
+            Kind::Pointer => Ok(claims.pointer(&self.text)),
             Kind::Dotted(segments) => {
-                let mut value = claims;
-                let mut at = 0;
-                while at < segments.len() {
-                    let object = value.as_object()?;
-                    let (next, end) = (at + 1..=segments.len())
-                        .rev()
-                        .find_map(|end| object.get(&segments[at..end].join(".")).map(|v| (v, end)))?;
-                    value = next;
-                    at = end;
+                let mut found = None;
+                let mut ways = 0;
+                reach(claims, segments, &mut found, &mut ways);
+                match ways {
+                    0 | 1 => Ok(found),
+                    _ => Err(Ambiguous(self.text.clone())),
                 }
-                Some(value)
             }
+        }
+    }
+}
+
+/// A dotted claim path that names more than one value in a token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ambiguous(pub String);
+
+impl std::fmt::Display for Ambiguous {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "claim path {:?} matches the token in more than one way (a member name with dots and a nested path); \
+             write it as a JSON Pointer",
+            self.0
+        )
+    }
+}
+
+/// Every way `segments` reaches a value below `value`: counts them in `ways`
+/// (stopping at two, which is enough to refuse) and keeps the first in `found`.
+/// At most 2^15 splits of 16 segments, each a member lookup.
+fn reach<'a>(value: &'a Value, segments: &[String], found: &mut Option<&'a Value>, ways: &mut u32) {
+    if *ways > 1 {
+        return;
+    }
+    if segments.is_empty() {
+        *ways += 1;
+        found.get_or_insert(value);
+        return;
+    }
+    let Some(object) = value.as_object() else {
+        return;
+    };
+    for end in 1..=segments.len() {
+        if let Some(next) = object.get(&segments[..end].join(".")) {
+            reach(next, &segments[end..], found, ways);
         }
     }
 }
@@ -113,20 +150,53 @@ mod tests {
     }
 
     fn find(path: &str) -> Option<Value> {
-        ClaimPath::parse(path).unwrap().find(&k8s()).cloned()
+        ClaimPath::parse(path).unwrap().find(&k8s()).unwrap().cloned()
     }
 
     #[test]
-    fn dotted_paths_take_the_longest_member_first() {
+    fn dotted_paths_find_members_with_dots() {
         assert_eq!(find("sub"), Some(json!("system:serviceaccount:agents:coder")));
         assert_eq!(find("kubernetes.io.pod.uid"), Some(json!("pod-uid")));
         assert_eq!(find("kubernetes.io.namespace"), Some(json!("agents")));
         assert_eq!(find("kubernetes.io.serviceaccount.name"), Some(json!("coder")));
-        assert_eq!(find("a.b"), Some(json!("dotted")));
         assert_eq!(find("kubernetes.io.pod.missing"), None);
         assert_eq!(find("kubernetes"), None);
         assert_eq!(find("list.0"), None, "dotted paths do not index arrays");
         assert_eq!(find("sub.x"), None);
+    }
+
+    #[test]
+    fn a_dotted_path_matching_two_ways_is_ambiguous() {
+        // `a.b` is both the member "a.b" and "b" inside "a".
+        let path = ClaimPath::parse("a.b").unwrap();
+        assert_eq!(path.find(&k8s()), Err(Ambiguous("a.b".into())));
+        // The issue's attack: a top-level dotted member beside the real nested one.
+        let token = json!({
+            "kubernetes.io": {"namespace": "evil"},
+            "kubernetes.io.namespace": "agents",
+        });
+        let path = ClaimPath::parse("kubernetes.io.namespace").unwrap();
+        assert!(path.find(&token).is_err());
+        // Either one alone is found.
+        assert_eq!(
+            path.find(&json!({"kubernetes.io.namespace": "agents"})).unwrap(),
+            Some(&json!("agents"))
+        );
+        assert_eq!(
+            path.find(&json!({"kubernetes.io": {"namespace": "evil"}})).unwrap(),
+            Some(&json!("evil"))
+        );
+        // A partial second way (no value at its end) is not a second match.
+        let partial = json!({"kubernetes.io": {"pod": {}}, "kubernetes.io.namespace": "agents"});
+        assert_eq!(path.find(&partial).unwrap(), Some(&json!("agents")));
+        // A pointer names exactly one.
+        assert_eq!(
+            ClaimPath::parse("/kubernetes.io/namespace")
+                .unwrap()
+                .find(&token)
+                .unwrap(),
+            Some(&json!("evil"))
+        );
     }
 
     #[test]

@@ -99,7 +99,8 @@ impl Provider for Oidc {
         let subject = claims.string("sub")?.map(str::to_string);
 
         let claims = claims.into_value();
-        let instance_id = match config.instance_id_claim.find(&claims) {
+        let ambiguous = |e: claim_path::Ambiguous| VerifyError::Malformed(e.to_string());
+        let instance_id = match config.instance_id_claim.find(&claims).map_err(ambiguous)? {
             Some(Value::String(id)) if !id.is_empty() => id.clone(),
             found => {
                 return Err(VerifyError::Malformed(format!(
@@ -115,7 +116,7 @@ impl Provider for Oidc {
         }
         for allow in &config.allowed_claims {
             let path = allow.path.as_str();
-            match allow.path.find(&claims) {
+            match allow.path.find(&claims).map_err(ambiguous)? {
                 Some(Value::String(v)) if allow.values.contains(v) => identity = identity.with(path, v.clone()),
                 Some(Value::String(v)) => {
                     return Err(VerifyError::Refused(format!(

@@ -189,6 +189,28 @@ fn instance_id_and_allow_lists() {
 }
 
 #[test]
+fn a_dotted_member_beside_the_nested_claim_is_malformed_not_a_choice() {
+    // The attack: the real namespace is "evil", and the token adds a
+    // top-level member "kubernetes.io.namespace": "agents" for the allow-list.
+    let mut forged = claims();
+    forged["kubernetes.io"]["namespace"] = json!("evil");
+    forged["kubernetes.io.namespace"] = json!("agents");
+    forged["kubernetes.io.pod.uid"] = json!("someone-elses-pod");
+    let t = token("rsa", &forged);
+    let allow = config(json!({"allowed_claims": {"kubernetes.io.namespace": ["agents"]}}));
+    match verify(&t, &allow) {
+        Err(VerifyError::Malformed(why)) => assert!(why.contains("more than one way"), "{why}"),
+        other => panic!("allow-list read through an ambiguous path: {other:?}"),
+    }
+    // The instance-ID claim alike.
+    let id = config(json!({"instance_id_claim": "kubernetes.io.pod.uid"}));
+    assert!(matches!(verify(&t, &id), Err(VerifyError::Malformed(_))));
+    // A JSON Pointer names one member exactly: the nested one is "evil".
+    let pointer = config(json!({"allowed_claims": {"/kubernetes.io/namespace": ["agents"]}}));
+    assert!(matches!(verify(&t, &pointer), Err(VerifyError::Refused(_))));
+}
+
+#[test]
 fn host_keys_are_preferred() {
     let t = token("rsa", &claims());
     let other = json!({"keys": [{"kid": "other", "kty": "RSA", "n": "AQAB", "e": "AQAB"}]}).to_string();
