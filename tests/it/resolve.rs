@@ -1189,6 +1189,87 @@ async fn a_rebuild_between_batches_is_seen_by_every_later_request() {
     pool.close().await;
 }
 
+/// Starts a resolution of `iid` on `pool` and holds its statement at the
+/// server on an exclusive lock of `workspace_agents`, taken by the returned
+/// connection inside a transaction: requests arriving meanwhile queue behind it.
+async fn hold_a_statement(
+    db: &pg::TestDb,
+    pool: &PgPool,
+    iid: &str,
+) -> (sqlx::PgConnection, tokio::task::JoinHandle<Resolution>) {
+    use sqlx::{Connection, Executor};
+    let options = idgate::db::embedded::connect_options(&pg::cluster().dir, &db.name);
+    let mut locker = sqlx::PgConnection::connect_with(&options).await.unwrap();
+    locker.execute("BEGIN").await.unwrap();
+    locker
+        .execute("LOCK TABLE workspace_agents IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let in_flight = {
+        let (pool, iid) = (pool.clone(), iid.to_string());
+        tokio::spawn(async move { resolve(&pool, &iid, None).await.unwrap() })
+    };
+    // Wait (bounded) until that statement is at the server, blocked.
+    for _ in 0..500 {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock' \
+             AND query LIKE '%auth_instance_id = $1::text%'",
+        )
+        .bind(&db.name)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        if waiting == 1 {
+            return (locker, in_flight);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the first resolution never reached the lock");
+}
+
+/// A shared statement that PostgreSQL refuses for one waiter's instance ID (a
+/// NUL byte is not valid text) fails only that waiter: its neighbours in the
+/// statement are resolved again alone and get their own answers.
+#[tokio::test]
+async fn a_bad_instance_id_fails_only_its_own_request_in_a_shared_statement() {
+    use sqlx::{Connection, Executor};
+    let db = fresh_database().await;
+    let (first, good) = (instance_id(), instance_id());
+    add(&db.pool, "first", &first, "main").await;
+    let token = add(&db.pool, "good", &good, "main").await;
+    let pool = pool_of(&db, 1).await;
+    res(&pool, &first, None).await;
+    // The four below queue while `first`'s statement is held, so they go in
+    // one shared statement, which PostgreSQL refuses for the NUL (before
+    // batches were split, every one of them got that error).
+    let (mut locker, in_flight) = hold_a_statement(&db, &pool, &first).await;
+    let bad = format!("{good}\0");
+    let queued: Vec<_> = [bad, good.clone(), good.clone(), instance_id()]
+        .into_iter()
+        .map(|iid| {
+            let pool = pool.clone();
+            tokio::spawn(async move { resolve(&pool, &iid, None).await })
+        })
+        .collect();
+    // Let them queue (this runtime has one thread: they run before it resumes).
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    locker.execute("COMMIT").await.unwrap();
+    in_flight.await.unwrap();
+    let mut answers = Vec::new();
+    for task in queued {
+        answers.push(task.await.unwrap());
+    }
+    let error = answers[0].as_ref().unwrap_err().to_string();
+    assert!(error.contains("0x00"), "the bad ID's own error: {error}");
+    assert_eq!(answers[1].as_ref().unwrap(), &Resolution::Token(token, "main".into()));
+    assert_eq!(answers[2].as_ref().unwrap(), &Resolution::Token(token, "main".into()));
+    assert!(matches!(answers[3], Ok(Resolution::NotFound(_))), "{:?}", answers[3]);
+    locker.close().await.unwrap();
+    pool.close().await;
+}
+
 /// A request that arrives while a statement is in flight is not answered by
 /// it: it waits for the next statement (taken together with the others that
 /// arrived meanwhile), which starts after the in-flight one ends. The
@@ -1205,35 +1286,7 @@ async fn a_request_arriving_during_a_statement_waits_for_the_next() {
     assert_eq!(res(&pool, &first, None).await, Resolution::Token(old, "main".into()));
     let (single_before, shared_before) = resolution_statements(&db.name).await;
 
-    let options = idgate::db::embedded::connect_options(&pg::cluster().dir, &db.name);
-    let mut locker = sqlx::PgConnection::connect_with(&options).await.unwrap();
-    locker.execute("BEGIN").await.unwrap();
-    locker
-        .execute("LOCK TABLE workspace_agents IN ACCESS EXCLUSIVE MODE")
-        .await
-        .unwrap();
-    let in_flight = {
-        let (pool, iid) = (pool.clone(), first.clone());
-        tokio::spawn(async move { resolve(&pool, &iid, None).await.unwrap() })
-    };
-    // Wait (bounded) until that statement is at the server, blocked.
-    let mut blocked = false;
-    for _ in 0..500 {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock' \
-             AND query LIKE '%auth_instance_id = $1::text%'",
-        )
-        .bind(&db.name)
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
-        if waiting == 1 {
-            blocked = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(blocked, "the first resolution never reached the lock");
+    let (mut locker, in_flight) = hold_a_statement(&db, &pool, &first).await;
     let later: Vec<_> = [first.clone(), second.clone(), first.clone(), instance_id()]
         .into_iter()
         .map(|iid| {

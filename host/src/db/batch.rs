@@ -26,6 +26,9 @@
 //!   would have carried; its rows are simply not delivered.
 //! - A connection found dead (I/O error) is closed and its batch queued again
 //!   at the front, up to three attempts per request, as before batching.
+//! - **One request's failure is its own.** A shared statement that fails for
+//!   any other reason is run again for each of its instance IDs alone, so a
+//!   bad ID (one PostgreSQL refuses) fails only the requests that carry it.
 //!
 //! The queue belongs to the pool, not to a caller: every handle to one pool
 //! shares it, so callers pass the pool as before. Queues live in a
@@ -33,7 +36,7 @@
 //! while a waiter or a drainer of that pool exists; the entry holds a handle
 //! to the pool, so the address cannot be reused meanwhile.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -291,8 +294,68 @@ fn take_older_than(key: usize, asked: Instant) -> Vec<Waiter> {
 
 /// Runs one statement for `batch` and answers each waiter; false if the
 /// connection is dead (the batch is then queued again, or failed after
-/// [`ATTEMPTS`]).
-async fn run(conn: &mut PoolConnection<Postgres>, mut batch: Vec<Waiter>, key: usize) -> bool {
+/// [`ATTEMPTS`]). A shared statement that fails otherwise is run again for
+/// each instance ID alone, so one request's bad ID fails only its own.
+async fn run(conn: &mut PoolConnection<Postgres>, batch: Vec<Waiter>, key: usize) -> bool {
+    let shared = batch.iter().any(|w| w.instance_id != batch[0].instance_id);
+    match run_once(conn, batch, key).await {
+        Outcome::Answered => true,
+        Outcome::ConnectionLost => false,
+        Outcome::Failed(batch, e) if shared => {
+            tracing::debug!(error = %e, waiting = batch.len(), "a shared resolution failed; resolving its instance IDs one by one");
+            let mut by_id: BTreeMap<String, Vec<Waiter>> = BTreeMap::new();
+            for waiter in batch {
+                by_id.entry(waiter.instance_id.clone()).or_default().push(waiter);
+            }
+            let mut groups = by_id.into_values();
+            while let Some(group) = groups.next() {
+                match run_once(conn, group, key).await {
+                    Outcome::Answered => {}
+                    Outcome::Failed(group, e) => fail(group, SharedError::new(e)),
+                    Outcome::ConnectionLost => {
+                        // The rest go back to the queue with the lost batch.
+                        requeue(key, groups.flatten().collect());
+                        return false;
+                    }
+                }
+            }
+            true
+        }
+        Outcome::Failed(batch, e) => {
+            fail(batch, SharedError::new(e));
+            true
+        }
+    }
+}
+
+/// How one statement for one batch ended.
+enum Outcome {
+    /// Every waiter has its rows.
+    Answered,
+    /// The connection is dead: the batch was queued again (or failed after
+    /// [`ATTEMPTS`]).
+    ConnectionLost,
+    /// The statement failed otherwise; nobody was answered yet.
+    Failed(Vec<Waiter>, sqlx::Error),
+}
+
+fn fail(batch: Vec<Waiter>, error: SharedError) {
+    for waiter in batch {
+        let _ = waiter.reply.send(Err(error.clone()));
+    }
+}
+
+/// Puts `waiters` back at the front of the queue, in their order.
+fn requeue(key: usize, waiters: Vec<Waiter>) {
+    let mut all = queues();
+    let queue = all.get_mut(&key).expect("a running drainer keeps its queue");
+    for waiter in waiters.into_iter().rev() {
+        queue.waiting.push_front(waiter);
+    }
+}
+
+/// Runs one statement for `batch` and answers each waiter if it succeeds.
+async fn run_once(conn: &mut PoolConnection<Postgres>, mut batch: Vec<Waiter>, key: usize) -> Outcome {
     let started = Instant::now();
     let rows = if batch.len() == 1 || batch.iter().all(|w| w.instance_id == batch[0].instance_id) {
         // One instance ID: the single-ID statement, as for a lone request.
@@ -336,7 +399,7 @@ async fn run(conn: &mut PoolConnection<Postgres>, mut batch: Vec<Waiter>, key: u
             for (waiter, reply) in batch.into_iter().zip(replies) {
                 let _ = waiter.reply.send(reply);
             }
-            true
+            Outcome::Answered
         }
         Err(sqlx::Error::Io(e)) => {
             tracing::debug!(error = %e, waiting = batch.len(), "database connection lost; retrying the resolutions");
@@ -345,23 +408,11 @@ async fn run(conn: &mut PoolConnection<Postgres>, mut batch: Vec<Waiter>, key: u
                 waiter.attempts += 1;
             }
             let (retry, failed): (Vec<Waiter>, Vec<Waiter>) = batch.into_iter().partition(|w| w.attempts < ATTEMPTS);
-            for waiter in failed {
-                let _ = waiter.reply.send(Err(error.clone()));
-            }
-            let mut all = queues();
-            let queue = all.get_mut(&key).expect("a running drainer keeps its queue");
-            for waiter in retry.into_iter().rev() {
-                queue.waiting.push_front(waiter);
-            }
-            false
+            fail(failed, error);
+            requeue(key, retry);
+            Outcome::ConnectionLost
         }
-        Err(e) => {
-            let error = SharedError::new(e);
-            for waiter in batch {
-                let _ = waiter.reply.send(Err(error.clone()));
-            }
-            true
-        }
+        Err(e) => Outcome::Failed(batch, e),
     }
 }
 
