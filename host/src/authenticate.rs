@@ -23,7 +23,7 @@ use idgate_plugin_kit::{Identity, VerifyError};
 use crate::config::FileConfig;
 use crate::issuers::{IssuerFetcher, IssuersConfig};
 use crate::jwks::KeyCache;
-use crate::mounts::{self, MountSpec};
+use crate::mounts::{self, MountSpec, Namespace};
 use crate::sandbox::{CallError, Configured, HostInputs, IssuerBodies, Sandbox, TrustAnchor};
 
 /// Extra runs of one verification after fetching issuers it asked for: one
@@ -92,6 +92,8 @@ struct Mount {
     keys: Option<(Arc<KeyCache>, serde_json::Value)>,
     /// The name in messages.
     display: String,
+    /// Where its instance IDs are resolved (`mounts.rs`).
+    namespace: Namespace,
 }
 
 /// Verifies credentials with the loaded plugins and the operator's configuration.
@@ -196,6 +198,7 @@ impl Authenticator {
                             block,
                             keys,
                             display: spec.display.clone(),
+                            namespace: spec.namespace.clone(),
                         },
                     );
                 }
@@ -331,15 +334,29 @@ impl Authenticator {
     }
 
     /// Verifies `credential` (the provider fields of the body, a JSON object) at `now`.
-    /// An identity whose instance ID is longer than [`MAX_INSTANCE_ID_BYTES`] is
-    /// refused as malformed: no cloud issues one, and it would go on to the database.
+    /// The identity's instance ID is the one resolution looks up: in the
+    /// mount's namespace (`<prefix>:<id>` for any mount but Coder's three, see
+    /// `mounts.rs`). An instance ID longer than [`MAX_INSTANCE_ID_BYTES`] or
+    /// holding a control character is refused as malformed: no cloud issues
+    /// one, and it would go on to the database (a NUL fails a statement).
     pub async fn verify(&self, provider: &str, credential: String, now: i64) -> Result<Identity, AuthError> {
-        let identity = self.verify_unbounded(provider, credential, now).await?;
-        if identity.instance_id.len() > MAX_INSTANCE_ID_BYTES {
-            return Err(AuthError::Call(CallError::Rejected(VerifyError::Malformed(format!(
+        let mut identity = self.verify_unbounded(provider, credential, now).await?;
+        let id = &identity.instance_id;
+        let malformed = if id.len() > MAX_INSTANCE_ID_BYTES {
+            Some(format!(
                 "the instance ID is {} bytes long (at most {MAX_INSTANCE_ID_BYTES})",
-                identity.instance_id.len()
-            )))));
+                id.len()
+            ))
+        } else if id.chars().any(char::is_control) {
+            Some("the instance ID holds a control character".to_string())
+        } else {
+            None
+        };
+        if let Some(why) = malformed {
+            return Err(AuthError::Call(CallError::Rejected(VerifyError::Malformed(why))));
+        }
+        if let Some(mount) = self.mounts.get(provider) {
+            identity.instance_id = mount.namespace.apply(&identity.instance_id);
         }
         Ok(identity)
     }

@@ -3,7 +3,8 @@
 //! "PATH"` in any provider block is handed to the plugin as `K` holding the
 //! file's text. The plugin, which has no filesystem, sees only the text; the
 //! configured snapshot is keyed by it, so a changed file means a new snapshot.
-//! Such a file decides trust, so it is checked as plugins are (`file_trust`).
+//! Such a file decides trust, so it is checked as plugins are (`file_trust`);
+//! a mount's `jwks_file` is read the same way ([`read_trusted_text`]).
 
 use std::path::Path;
 
@@ -34,16 +35,18 @@ pub fn resolve(provider: &str, mut block: Value) -> anyhow::Result<Value> {
         let Some(Value::String(path)) = map.remove(&file_key) else {
             bail!("[{provider}] {file_key} must be a file path (a string)");
         };
-        let text = read_text(Path::new(&path)).with_context(|| format!("[{provider}] {file_key} = {path:?}"))?;
+        let text = read_trusted_text(Path::new(&path), MAX_FILE_BYTES)
+            .with_context(|| format!("[{provider}] {file_key} = {path:?}"))?;
         map.insert(key, Value::String(text));
     }
     Ok(block)
 }
 
-/// The file's text, read from the descriptor that was checked: a file that
-/// decides trust (a bundle of roots, say) must be one only idgate's user or
-/// root can change, below directories only they can change (`file_trust`).
-fn read_text(path: &Path) -> anyhow::Result<String> {
+/// The file's text (at most `max` bytes), read from the descriptor that was
+/// checked: a file that decides trust (a bundle of roots, a mount's key set)
+/// must be one only idgate's user or root can change, below directories only
+/// they can change (`file_trust`).
+pub fn read_trusted_text(path: &Path, max: u64) -> anyhow::Result<String> {
     let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
         bail!("not a file path");
     };
@@ -56,8 +59,8 @@ fn read_text(path: &Path) -> anyhow::Result<String> {
     let bytes = trusted
         .read(name, "provider-block file", crate::file_trust::Links::FollowTrusted)?
         .ok_or_else(|| anyhow::anyhow!("no such file"))?;
-    if bytes.len() as u64 > MAX_FILE_BYTES {
-        bail!("{} bytes, more than the {MAX_FILE_BYTES} allowed", bytes.len());
+    if bytes.len() as u64 > max {
+        bail!("{} bytes, more than the {max} allowed", bytes.len());
     }
     String::from_utf8(bytes).context("reading it as UTF-8 text")
 }

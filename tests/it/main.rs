@@ -4,6 +4,7 @@
 mod aws;
 mod azure;
 mod azure_trust;
+mod boundaries;
 mod coder_bodies;
 mod db_kind;
 mod edge;

@@ -41,8 +41,9 @@ async fn a_dropped_in_plugin_is_served_by_its_name() {
     let db = fresh_database().await;
     let base = serve_router(sandbox().clone(), "", db.pool.clone(), ApiLimits::default()).await;
     let client = reqwest::Client::new();
-    // The fixture's `echo` answers with its configuration block as the instance ID.
-    let token = register(&db, "w", "{}", "main").await;
+    // The fixture's `echo` answers with its configuration block as the instance
+    // ID, which resolves in the mount's namespace.
+    let token = register(&db, "w", "misbehave:{}", "main").await;
     let (status, body) = post(&client, &base, "misbehave-instance-identity", &json!({"do": "echo"})).await;
     assert_eq!(
         (status, body["session_token"].as_str()),
@@ -74,7 +75,7 @@ async fn one_plugin_mounted_twice_keeps_two_configurations_apart() {
     );
     let base = serve_router(sandbox().clone(), &config, db.pool.clone(), ApiLimits::default()).await;
     let client = reqwest::Client::new();
-    let token = register(&db, "w", VM, "main").await;
+    let token = register(&db, "w", &format!("azure-a:{VM}"), "main").await;
     let body = json!({"signature": STANDARD.encode(leaf_a.pkcs7(document(idgate::clock::unix_now()), &[])), "encoding": "pkcs7"});
 
     let (status, answer) = post(&client, &base, "azure-a-instance-identity", &body).await;
@@ -132,7 +133,8 @@ async fn every_mount_gets_its_own_host_key_cache() {
     );
     let base = serve_router(sandbox().clone(), &config, db.pool.clone(), ApiLimits::default()).await;
     let client = reqwest::Client::new();
-    let token = register(&db, "w", "gce-7", "main").await;
+    let token = register(&db, "w", "gcp-b:gce-7", "main").await;
+    register(&db, "w-raw", "gce-7", "main").await;
     let now = idgate::clock::unix_now();
     let claims = json!({
         "iss": "https://accounts.google.com", "aud": "coder", "sub": "1", "iat": now - 10, "exp": now + 3000,

@@ -463,18 +463,6 @@ fn host_keys_are_preferred_over_the_configured_set() {
     refused(verify(&token, &keyless, NOW), "bad-config");
 }
 
-#[test]
-fn jwks_file_is_read_by_the_host() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("cluster-a-jwks.json");
-    std::fs::write(&path, keys().a.jwks().to_string()).unwrap();
-    let mut block = config_a();
-    block.as_object_mut().unwrap().remove("jwks");
-    block["jwks_file"] = json!(path.to_str().unwrap());
-    let resolved = idgate::block_files::resolve("oidc", block).unwrap();
-    assert_eq!(verify(&token_a(), &resolved, NOW).unwrap().instance_id, POD_UID);
-}
-
 /// Two configurations of one plugin — two clusters, each with its own issuer and
 /// keys — as two configured snapshots: each verifies its own cluster's tokens and
 /// refuses the other's.

@@ -18,31 +18,31 @@ use crate::mounts::post;
 use crate::oidc::{k8s_claims_at, keys, ISSUER_A, ISSUER_B};
 
 /// The AWS instance of `examples/aws-request.json` (a real, signed document).
-const AWS_INSTANCE: &str = "i-076e9b91f7c420782";
+pub(crate) const AWS_INSTANCE: &str = "i-076e9b91f7c420782";
 
 /// A plugin directory and a configuration file, as an operator edits them.
-struct Files {
+pub(crate) struct Files {
     dir: tempfile::TempDir,
 }
 
 impl Files {
-    fn new() -> Files {
+    pub(crate) fn new() -> Files {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("plugins")).unwrap();
         Files { dir }
     }
 
-    fn plugins(&self) -> PathBuf {
+    pub(crate) fn plugins(&self) -> PathBuf {
         self.dir.path().join("plugins")
     }
 
-    fn config(&self) -> PathBuf {
+    pub(crate) fn config(&self) -> PathBuf {
         self.dir.path().join("idgate.toml")
     }
 
     /// Drops `from` into the plugin directory as `name`, as an operator should:
     /// written beside it, then renamed into place.
-    fn put_plugin(&self, from: &Path, name: &str) {
+    pub(crate) fn put_plugin(&self, from: &Path, name: &str) {
         let partial = self.dir.path().join(format!("{name}.partial"));
         std::fs::copy(from, &partial).unwrap();
         std::fs::rename(&partial, self.plugins().join(name)).unwrap();
@@ -52,14 +52,14 @@ impl Files {
         std::fs::remove_file(self.plugins().join(name)).unwrap();
     }
 
-    fn write_config(&self, text: &str) {
+    pub(crate) fn write_config(&self, text: &str) {
         let partial = self.dir.path().join("idgate.toml.partial");
         std::fs::write(&partial, text).unwrap();
         std::fs::rename(&partial, self.config()).unwrap();
     }
 
     /// A file beside the configuration (a key set, say), its path as TOML text.
-    fn put_file(&self, name: &str, contents: &str) -> String {
+    pub(crate) fn put_file(&self, name: &str, contents: &str) -> String {
         let path = self.dir.path().join(name);
         std::fs::write(&path, contents).unwrap();
         format!("{:?}", path.display().to_string())
@@ -67,9 +67,9 @@ impl Files {
 }
 
 /// A server started from its own [`Files`].
-struct Live {
+pub(crate) struct Live {
     files: Files,
-    served: Served,
+    pub(crate) served: Served,
     client: reqwest::Client,
 }
 
@@ -83,7 +83,7 @@ impl std::ops::Deref for Live {
 impl Live {
     /// `idgate serve` on `db` with `plugins` (source file, name in the
     /// directory) and the configuration `config`.
-    fn start(db: &TestDb, plugins: &[(PathBuf, &str)], config: &str) -> Live {
+    pub(crate) fn start(db: &TestDb, plugins: &[(PathBuf, &str)], config: &str) -> Live {
         let files = Files::new();
         for (from, name) in plugins {
             files.put_plugin(from, name);
@@ -110,7 +110,7 @@ impl Live {
         }
     }
 
-    async fn get(&self, path: &str) -> (u16, String) {
+    pub(crate) async fn get(&self, path: &str) -> (u16, String) {
         let response = self
             .client
             .get(format!("{}{path}", self.served.base))
@@ -120,18 +120,18 @@ impl Live {
         (response.status().as_u16(), response.text().await.unwrap())
     }
 
-    async fn post(&self, segment: &str, body: &Value) -> (u16, Value) {
+    pub(crate) async fn post(&self, segment: &str, body: &Value) -> (u16, Value) {
         post(&self.client, &self.served.base, segment, body).await
     }
 
     /// Sends SIGHUP and waits until the reload it starts has finished;
     /// whether it succeeded.
-    async fn hup(&self) -> bool {
+    pub(crate) async fn hup(&self) -> bool {
         hup(&self.client, &self.served).await
     }
 
     /// Stops the server (SIGTERM) and returns its logs.
-    fn stop(self) -> String {
+    pub(crate) fn stop(self) -> String {
         let Served { mut child, stderr, .. } = self.served;
         // SAFETY: plain kill(2) on our own child.
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
@@ -227,13 +227,13 @@ impl Load {
     }
 }
 
-fn aws_body() -> Value {
+pub(crate) fn aws_body() -> Value {
     serde_json::from_str(&std::fs::read_to_string(idgate_tests::root().join("examples/aws-request.json")).unwrap())
         .unwrap()
 }
 
 /// A Kubernetes projected service-account token of cluster A (or B), valid now.
-fn pod_token(cluster_b: bool, pod_uid: &str) -> Value {
+pub(crate) fn pod_token(cluster_b: bool, pod_uid: &str) -> Value {
     let now = idgate::clock::unix_now();
     let (key, issuer) = if cluster_b {
         (&keys().b, ISSUER_B)
@@ -244,7 +244,7 @@ fn pod_token(cluster_b: bool, pod_uid: &str) -> Value {
 }
 
 /// A `[mounts.<name>]` of the `oidc` plugin for one cluster, its keys in a file.
-fn cluster_mount(live: &Live, name: &str, cluster_b: bool) -> String {
+pub(crate) fn cluster_mount(live: &Live, name: &str, cluster_b: bool) -> String {
     let (key, issuer) = if cluster_b {
         (&keys().b, ISSUER_B)
     } else {
@@ -257,7 +257,7 @@ fn cluster_mount(live: &Live, name: &str, cluster_b: bool) -> String {
     )
 }
 
-fn plugin(rel: &str) -> PathBuf {
+pub(crate) fn plugin(rel: &str) -> PathBuf {
     idgate_tests::test_plugin_dir().parent().unwrap().join(rel)
 }
 
@@ -284,8 +284,9 @@ async fn oidc_dropped_into_a_running_server_serves_after_sighup() {
     let aws_token = register(&db, "aws-ws", AWS_INSTANCE, "main").await;
     let pod_a = "0a7c6f8e-1111-4c1e-9d1a-aaaaaaaaaaaa";
     let pod_b = "0b7c6f8e-2222-4c1e-9d1a-bbbbbbbbbbbb";
-    let token_a = register(&db, "pod-a", pod_a, "main").await;
-    let token_b = register(&db, "pod-b", pod_b, "main").await;
+    // Each mount resolves in its own namespace (`<mount>:<id>`).
+    let token_a = register(&db, "pod-a", &format!("k8s-a:{pod_a}"), "main").await;
+    let token_b = register(&db, "pod-b", &format!("k8s-b:{pod_b}"), "main").await;
     let live = Live::start(&db, &[(plugin("test-plugins/aws.wasm"), "aws.wasm")], "");
     let aws = Load::start(
         &live.served.base,
@@ -341,10 +342,10 @@ async fn twenty_reloads_under_64_clients_fail_no_request() {
     // ID: the token says which block is serving.
     let mut echo_tokens = Vec::new();
     for v in 0..20 {
-        echo_tokens.push(register(&db, &format!("echo-{v}"), &format!("{{\"v\":{v}}}"), "main").await);
+        echo_tokens.push(register(&db, &format!("echo-{v}"), &format!("misbehave:{{\"v\":{v}}}"), "main").await);
     }
     let pod = "0c7c6f8e-3333-4c1e-9d1a-cccccccccccc";
-    let pod_token_a = register(&db, "pod", pod, "main").await;
+    let pod_token_a = register(&db, "pod", &format!("k8s:{pod}"), "main").await;
     let echo_block = |v: usize| format!("[misbehave]\nv = {v}\n");
     let live = Live::start(
         &db,
@@ -484,8 +485,8 @@ async fn twenty_reloads_under_64_clients_fail_no_request() {
 async fn a_reload_that_fails_anywhere_changes_nothing() {
     use std::os::unix::fs::PermissionsExt;
     let db = fresh_database().await;
-    let before = register(&db, "echo-1", "{\"v\":1}", "main").await;
-    let after = register(&db, "echo-2", "{\"v\":2}", "main").await;
+    let before = register(&db, "echo-1", "misbehave:{\"v\":1}", "main").await;
+    let after = register(&db, "echo-2", "misbehave:{\"v\":2}", "main").await;
     let misbehave = plugin("test-plugins/misbehave.wasm");
     let live = Live::start(&db, &[(misbehave.clone(), "misbehave.wasm")], "[misbehave]\nv = 1\n");
     let serving = |token: String| {

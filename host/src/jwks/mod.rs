@@ -1,8 +1,9 @@
-//! Google's signing keys for the `gcp` plugin.
+//! Each mount's key set: Google's signing keys for the `gcp` plugin, any
+//! mount's `jwks_url` or `jwks_file`.
 //!
-//! Plugins have no network, so the host fetches Google's JWKS (or reads it from a
-//! file for offline use), caches it for as long as the response's `Cache-Control:
-//! max-age` (or `Expires`) allows, and hands it to the plugin on every call
+//! Plugins have no network, so the host fetches the JWKS, caches it for as long
+//! as the response's `Cache-Control: max-age` (or `Expires`) allows, and hands
+//! it to the plugin on every call
 //! through the contract's `host-keys` import (to a 0.1.0 plugin: as the `jwks`
 //! member of its configuration, which the sandbox adds).
 //!
@@ -10,6 +11,13 @@
 //! its reason (Google rotated in a key since the last fetch),
 //! [`KeyCache::refresh_for_unknown_kid`] refetches at most once per
 //! `jwks_min_refresh_secs`, and the call is retried once if it did.
+//!
+//! A `jwks_file` decides trust like any file a mount names: it is read through
+//! `file_trust` (owner and mode checked on the descriptor it is read from) when
+//! the cache is made — at start-up and on each reload (SIGHUP) — and **never
+//! again**: not on a timer, not on an unknown `kid`. A key file someone else
+//! could write, or one replaced behind the host's back, never becomes trust
+//! without the operator's reload.
 //!
 //! Failures: a refresh that fails keeps serving the last good set until its
 //! expiry plus a grace period (one hour by default); after that, and when no set
@@ -123,8 +131,8 @@ impl KeyCache {
     }
 
     /// Configures the cache of `mount` from its block: `jwks_url` (default
-    /// `default_url`) or `jwks_file`, and `jwks_min_refresh_secs`. Errors name
-    /// the mount.
+    /// `default_url`) or `jwks_file` (read here, through `file_trust`, and only
+    /// here), and `jwks_min_refresh_secs`. Errors name the mount and the file.
     pub fn for_mount(mount: &str, gcp_block: &Value, default_url: Option<&str>) -> anyhow::Result<KeyCache> {
         let get = |key: &str| gcp_block.get(key).filter(|v| !v.is_null());
         let string = |key: &str| -> anyhow::Result<Option<&str>> {
@@ -161,7 +169,7 @@ impl KeyCache {
             fetch: tokio::sync::Mutex::new(FetchState::default()),
         };
         if let Source::File(path) = &cache.source {
-            let cached = read_file(path).map_err(|e| anyhow::anyhow!("[{mount}] jwks_file: {e}"))?;
+            let cached = read_file(path).with_context(|| format!("[{mount}] jwks_file = {:?}", path.display()))?;
             cache.store(cached);
         }
         Ok(cache)
@@ -218,7 +226,11 @@ impl KeyCache {
     /// a forced refresh happened less than `jwks_min_refresh_secs` ago, so a flood
     /// of bogus `kid`s cannot hammer Google. Returns whether a refresh happened
     /// (and succeeded), i.e. whether retrying the verification can help.
+    /// A key file is never re-read here (only a reload reads it): false.
     pub async fn refresh_for_unknown_kid(&self) -> bool {
+        if let Source::File(_) = self.source {
+            return false;
+        }
         let mut state = self.fetch.lock().await;
         let now = Instant::now();
         if state
@@ -242,10 +254,12 @@ impl KeyCache {
         }
     }
 
-    /// The cached set if it does not need refreshing yet.
+    /// The cached set if it does not need refreshing yet; a key file's always
+    /// (it was read when the cache was made and is not read again).
     fn fresh(&self, now: Instant) -> Option<Arc<Cached>> {
+        let from_file = matches!(self.source, Source::File(_));
         let cached = self.cached.read().unwrap_or_else(|e| e.into_inner());
-        cached.as_ref().filter(|c| now < c.refresh_at).cloned()
+        cached.as_ref().filter(|c| from_file || now < c.refresh_at).cloned()
     }
 
     /// The last good set while it is within its expiry plus the grace period.
@@ -270,19 +284,18 @@ impl KeyCache {
 
     async fn fetch_now(&self) -> Result<Cached, String> {
         match &self.source {
-            Source::File(path) => read_file(path),
+            // Unreachable while `fresh` serves a file's set; never a re-read.
+            Source::File(path) => Err(format!("{} is read only at start-up and on reload", path.display())),
             Source::Url { url, client } => fetch::fetch(client, url).await,
         }
     }
 }
 
-fn read_file(path: &std::path::Path) -> Result<Cached, String> {
-    let text = std::fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-    if text.len() > MAX_JWKS_BYTES {
-        return Err(format!("{} is over {MAX_JWKS_BYTES} bytes", path.display()));
-    }
-    let value: Value = serde_json::from_slice(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-    let keys = normalize(value).map_err(|e| format!("{}: {e}", path.display()))?;
+/// A key file's set, read once through `file_trust`.
+fn read_file(path: &std::path::Path) -> anyhow::Result<Cached> {
+    let text = crate::block_files::read_trusted_text(path, MAX_JWKS_BYTES as u64)?;
+    let value: Value = serde_json::from_str(&text).context("not JSON")?;
+    let keys = normalize(value).map_err(anyhow::Error::msg)?;
     Ok(cached_for(keys, DEFAULT_TTL))
 }
 
@@ -368,7 +381,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn file_source_serves_and_rereads() {
+    async fn a_key_file_is_read_once() {
         let dir = std::env::temp_dir().join(format!("idgate-jwks-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("key.json");
@@ -377,17 +390,34 @@ mod tests {
         let cache = KeyCache::from_config(&json!({"jwks_file": path.to_str().unwrap()})).unwrap();
         assert_eq!(cache.key_set().await.unwrap(), json!({"keys": [key]}));
 
+        // The text a plugin gets is that set, serialised once and shared by
+        // every request.
+        let text = cache.key_set_text().await.unwrap();
+        assert!(Arc::ptr_eq(&text, &cache.key_set_text().await.unwrap()));
+
+        // Replaced behind the host's back: an unknown `kid` does not re-read it;
+        // only a new cache (a reload) does.
         let key_b = json!({"kty": "RSA", "kid": "b", "n": "AQAB", "e": "AQAB"});
         std::fs::write(&path, json!({"keys": [key_b]}).to_string()).unwrap();
-        assert!(cache.refresh_for_unknown_kid().await);
-        assert_eq!(cache.key_set().await.unwrap(), json!({"keys": [key_b]}));
-        // The text a plugin gets is that set, serialised once per fetch and
-        // shared by every request until the next.
-        let text = cache.key_set_text().await.unwrap();
-        assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), json!({"keys": [key_b]}));
-        assert!(Arc::ptr_eq(&text, &cache.key_set_text().await.unwrap()));
-        // Rate-limited: the second forced refresh within the window does nothing.
         assert!(!cache.refresh_for_unknown_kid().await);
+        assert_eq!(cache.key_set().await.unwrap(), json!({"keys": [key]}));
+        let reloaded = KeyCache::from_config(&json!({"jwks_file": path.to_str().unwrap()})).unwrap();
+        assert_eq!(reloaded.key_set().await.unwrap(), json!({"keys": [key_b]}));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_key_file_others_may_write_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.json");
+        let key = json!({"kty": "RSA", "kid": "a", "n": "AQAB", "e": "AQAB"});
+        std::fs::write(&path, key.to_string()).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let Err(err) = KeyCache::for_mount("k8s", &json!({"jwks_file": path.to_str().unwrap()}), None) else {
+            panic!("a key file others may write was trusted");
+        };
+        let err = format!("{err:#}");
+        assert!(err.contains("[k8s] jwks_file") && err.contains("writable"), "{err}");
     }
 }
