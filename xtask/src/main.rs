@@ -10,7 +10,8 @@
 //!   (extra arguments go to `serve`).
 //! - `test [ARGS..]` builds the plugins and runs every test (extra arguments go
 //!   to `cargo test`); without arguments, also builds and tests
-//!   `examples/plugin-template` from a copy outside the workspace.
+//!   `examples/plugin-template` from a private copy that is its own workspace
+//!   (`template.rs`).
 //! - `template` does only that last step.
 //! - `ci` checks formatting and lints, then runs `test`.
 //! - `bench` builds the plugins and runs the benchmarks (release), which write
@@ -19,6 +20,7 @@
 //!   `fuzz/` on the stable toolchain; `fuzz --replay` runs every committed corpus once
 //!   (see fuzz/README.md).
 
+mod template;
 mod wasi_stubs;
 
 use std::path::{Path, PathBuf};
@@ -58,7 +60,7 @@ fn main() -> ExitCode {
         "build" => plugins(&[]).and_then(|()| cargo(&RELEASE_HOST)),
         "run" => run(rest),
         "test" => test(rest),
-        "template" => plugin_template_outside_the_workspace(),
+        "template" => template::test_outside_the_workspace(),
         "ci" => ci(),
         "bench" => bench(rest),
         "fuzz" => fuzz(rest),
@@ -367,100 +369,9 @@ fn test(extra: &[String]) -> Result {
     cargo(&args)?;
     // The whole suite (no arguments narrowing it) includes the template.
     if extra.is_empty() {
-        plugin_template_outside_the_workspace()?;
+        template::test_outside_the_workspace()?;
     }
     Ok(())
-}
-
-/// `examples/plugin-template` built and tested as a plugin author would: from
-/// a copy outside this repository, with plain `cargo test` (which builds the
-/// component with `cargo build --release --target wasm32-wasip2` and runs it
-/// in the real sandbox through `idgate::harness`). The copy's path
-/// dependencies are rewritten to absolute paths into this checkout.
-///
-/// Why the workspace's Cargo.lock and target directory: with the same locked
-/// versions, the same `[profile.*]` settings (the template repeats the root
-/// Cargo.toml's) and the same features, cargo reuses the registry crates the
-/// workspace build compiled, natively and for wasm32; only crates whose
-/// features the template resolves differently, and the path crates (kit,
-/// host), whose build hashes include their path relative to the workspace
-/// root, are compiled again. Measured on 2 cores: the first run after a
-/// workspace build compiled 42 crates in 4 m 51 s (the tests crate's
-/// dev-dependencies add features to `cipher`, `reqwest`, `sqlx`, ..., which
-/// reach `sha2` and so cranelift and wasmtime), the whole step 5 m 8 s; once
-/// those exist, 12 s, of which 8 s are the component tests.
-fn plugin_template_outside_the_workspace() -> Result {
-    let source = root().join("examples/plugin-template");
-    let copy = std::env::temp_dir().join(format!("idgate-plugin-template-{}", std::process::id()));
-    if copy.exists() {
-        std::fs::remove_dir_all(&copy).map_err(|e| format!("removing {}: {e}", copy.display()))?;
-    }
-    // Copied file by file, leaving out a `target/` an in-tree build may have left.
-    let mut pending = vec![PathBuf::new()];
-    while let Some(rel) = pending.pop() {
-        let dir = copy.join(&rel);
-        std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-        let entries = std::fs::read_dir(source.join(&rel)).map_err(|e| format!("reading {}: {e}", rel.display()))?;
-        for entry in entries {
-            let entry = entry.map_err(|e| format!("reading {}: {e}", source.join(&rel).display()))?;
-            let name = rel.join(entry.file_name());
-            if name == Path::new("target") || name == Path::new("Cargo.lock") {
-                continue;
-            }
-            if entry.path().is_dir() {
-                pending.push(name);
-            } else {
-                std::fs::copy(entry.path(), copy.join(&name))
-                    .map_err(|e| format!("copying {}: {e}", entry.path().display()))?;
-            }
-        }
-    }
-    // `path = "../../host"` and the like, made absolute: the copy's own spelling
-    // would point nowhere from the temporary directory.
-    let manifest = copy.join("Cargo.toml");
-    let text = std::fs::read_to_string(&manifest).map_err(|e| format!("reading {}: {e}", manifest.display()))?;
-    let (mut rewritten, mut rest, mut paths) = (String::new(), text.as_str(), 0);
-    while let Some(at) = rest.find("path = \"") {
-        let (before, after) = rest.split_at(at + "path = \"".len());
-        let end = after
-            .find('"')
-            .ok_or("an unterminated path in the template's Cargo.toml")?;
-        let target = source.join(&after[..end]);
-        let absolute = target
-            .canonicalize()
-            .map_err(|e| format!("the template's path {} does not resolve: {e}", target.display()))?;
-        rewritten.push_str(before);
-        rewritten.push_str(&absolute.to_string_lossy());
-        rest = &after[end..];
-        paths += 1;
-    }
-    rewritten.push_str(rest);
-    if paths == 0 {
-        return Err("the template's Cargo.toml has no path dependency to rewrite".into());
-    }
-    std::fs::write(&manifest, rewritten).map_err(|e| format!("writing {}: {e}", manifest.display()))?;
-    std::fs::copy(root().join("Cargo.lock"), copy.join("Cargo.lock"))
-        .map_err(|e| format!("copying Cargo.lock: {e}"))?;
-
-    eprintln!("+ (in {}) cargo test", copy.display());
-    let started = std::time::Instant::now();
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .arg("test")
-        .env("CARGO_TARGET_DIR", target_dir())
-        .current_dir(&copy)
-        .status()
-        .map_err(|e| format!("cannot run cargo: {e}"))?;
-    if !status.success() {
-        return Err(format!(
-            "the plugin template's tests failed ({status}); the copy is kept in {}",
-            copy.display()
-        ));
-    }
-    eprintln!(
-        "plugin template: built and tested outside the workspace in {:.0?}",
-        started.elapsed()
-    );
-    std::fs::remove_dir_all(&copy).map_err(|e| format!("removing {}: {e}", copy.display()))
 }
 
 fn ci() -> Result {
