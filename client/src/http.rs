@@ -79,15 +79,13 @@ impl Http {
         for (name, value) in headers {
             builder = builder.header(*name, *value);
         }
-        let request = builder
-            .body(body.unwrap_or_default().to_vec())
-            .map_err(|e| HttpError::Config(format!("cannot form a request to {url}: {e}")))?;
-        let request = self
-            .agent
-            .configure_request(request)
-            .timeout_global(Some(timeout))
-            .build();
-        let response = self.agent.run(request).map_err(|e| classify(url, e))?;
+        let formed = |e: ureq::http::Error| HttpError::Config(format!("cannot form a request to {url}: {e}"));
+        // No body at all (not an empty one) on GET: no `Content-Length: 0` for the metadata services.
+        let response = match body {
+            Some(body) => self.run(builder.body(body.to_vec()).map_err(formed)?, timeout),
+            None => self.run(builder.body(()).map_err(formed)?, timeout),
+        }
+        .map_err(|e| classify(url, e))?;
         let status = response.status().as_u16();
         let retry_after = response
             .headers()
@@ -106,6 +104,21 @@ impl Http {
             retry_after,
             body,
         })
+    }
+}
+
+impl Http {
+    fn run(
+        &self,
+        request: Request<impl ureq::AsSendBody>,
+        timeout: Duration,
+    ) -> Result<ureq::http::Response<ureq::Body>, ureq::Error> {
+        let request = self
+            .agent
+            .configure_request(request)
+            .timeout_global(Some(timeout))
+            .build();
+        self.agent.run(request)
     }
 }
 

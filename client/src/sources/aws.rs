@@ -101,7 +101,8 @@ impl CredentialSource for Aws {
             Method::PUT,
             &format!("{}/latest/api/token", self.base),
             &[("X-aws-ec2-metadata-token-ttl-seconds", TOKEN_TTL_SECS)],
-            None,
+            // An empty body with `Content-Length: 0`, as the AWS SDKs send (not chunked).
+            Some(b""),
             timeout,
         );
         let body = metadata_body(
