@@ -11,6 +11,21 @@ use crate::secret::Secret;
 /// A cached session token over an [`Exchanger`]. Safe to share between
 /// threads; concurrent callers wait for one exchange rather than each
 /// making their own.
+///
+/// ```no_run
+/// use idgate_client::sources::aws::Aws;
+/// use idgate_client::{Endpoint, Exchanger, RetryPolicy, TokenProvider};
+///
+/// let endpoint = Endpoint::parse("https://coder.example.com", false)?;
+/// let exchanger = Exchanger::new(Box::new(Aws::new(None, None)?), &endpoint, None)?
+///     .agent_name(Some("dev"))
+///     .retry_policy(RetryPolicy::default());
+/// let provider = TokenProvider::new(exchanger);
+/// let token = provider.token()?; // exchanged once, then cached
+/// // ... the server answers 401 to it later:
+/// let token = provider.refresh()?; // exchanged again
+/// # Ok::<(), idgate_client::Error>(())
+/// ```
 #[derive(Debug)]
 pub struct TokenProvider {
     exchanger: Exchanger,
