@@ -3,13 +3,14 @@
 //! agent ever holding more. Statuses are data here, not errors: what a 4xx
 //! or 5xx means is for the caller to decide.
 //!
-//! Two clients, built by [`Net`]: one for metadata services (no proxy — they
-//! are link-local and a proxy would answer for another machine — and no TLS
-//! roots), one for the web (the agent URL, GitHub's token service), which
-//! honours `HTTPS_PROXY`/`NO_PROXY` and verifies TLS against [`crate::tls`]'s
-//! roots, loaded on first use so that a loopback `http` exchange never reads
-//! the system's certificate store. Neither follows redirects: a redirect could
-//! take a credential somewhere else, or downgrade it to http.
+//! [`Net`] builds the clients, each when first needed: one for metadata
+//! services (no proxy — they are link-local, and a proxy would answer for
+//! another machine — and no TLS roots), and for the web (the agent URL,
+//! GitHub's token service) one for plain `http` and one for `https`, both
+//! honouring `HTTPS_PROXY`/`NO_PROXY`; the `https` one verifies against
+//! [`crate::tls`]'s roots, so a loopback `http` exchange never reads the
+//! system's certificate store. None follows redirects: a redirect could take
+//! a credential somewhere else, or downgrade it to http.
 
 use std::io::Read;
 use std::path::PathBuf;
