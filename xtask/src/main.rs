@@ -19,7 +19,10 @@
 //! - `fuzz <TARGET..|--all> [--time S] [--runs N] [-- ARGS..]` runs libFuzzer targets of
 //!   `fuzz/` on the stable toolchain; `fuzz --replay` runs every committed corpus once
 //!   (see fuzz/README.md).
+//! - `image [build | test | check-deploy]` builds the container image with buildah, tests
+//!   it (podman), or validates `deploy/` (see `image.rs`).
 
+mod image;
 mod template;
 mod wasi_stubs;
 
@@ -64,6 +67,7 @@ fn main() -> ExitCode {
         "ci" => ci(),
         "bench" => bench(rest),
         "fuzz" => fuzz(rest),
+        "image" => image::build(rest),
         _ => {
             eprintln!(
                 "usage: cargo xtask <plugins [NAME..] | build | run [ARGS..] | test [ARGS..] | template | ci | bench | fuzz ARGS..>"
