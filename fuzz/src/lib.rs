@@ -1,6 +1,7 @@
 //! Fuzz targets for the code that reads attacker-controlled bytes: the plugin kit's
-//! BER/DER and PEM readers and its CMS SignedData parser, and each provider plugin's
-//! verifier driven through the entry point its component exports.
+//! BER/DER and PEM readers and its CMS SignedData parser, each provider plugin's
+//! verifier driven through the entry point its component exports, and the agent's
+//! reading of server and metadata answers (`idgate_client`).
 //!
 //! Every target is a plain function of the input bytes in [`targets`], so the same code
 //! runs three ways: under libFuzzer (`fuzz_targets/*.rs`, built by `cargo xtask fuzz`
@@ -37,4 +38,5 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("azure_pkcs7", targets::azure_pkcs7),
     ("gcp", targets::gcp),
     ("oidc", targets::oidc),
+    ("agent_answer", targets::agent_answer),
 ];

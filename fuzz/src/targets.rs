@@ -151,3 +151,22 @@ fn plugin<P: Provider>(data: &[u8], config: &P::Config, now: i64) {
         );
     }
 }
+
+/// The agent's reading of what a server or a metadata service answered
+/// (`idgate_client`): an exchange answer for any status, Azure IMDS's attested
+/// document and the Actions token service's answer. None may panic, and an
+/// answer read as a token holds one. The first two bytes pick the status.
+pub fn agent_answer(data: &[u8]) {
+    use idgate_client::answer::{decode, Answer};
+    let (status, body) = match data {
+        [a, b, rest @ ..] => (u16::from_be_bytes([*a, *b]) % 600, rest),
+        _ => (200, data),
+    };
+    let retry_after = std::str::from_utf8(body).ok().and_then(|t| t.lines().next());
+    if let Answer::Token(token) = decode(status, retry_after, body) {
+        assert!((200..300).contains(&status), "a token from status {status}");
+        assert!(!token.expose().is_empty(), "an empty token");
+    }
+    let _ = idgate_client::sources::azure::parse_attested(body);
+    let _ = idgate_client::sources::github::parse_answer(body);
+}

@@ -1,6 +1,7 @@
 //! One test binary for everything: real plugin components in the real sandbox,
 //! and a real PostgreSQL cluster shared by the binary (a fresh database per test).
 
+mod agent;
 mod aws;
 mod azure;
 mod azure_trust;

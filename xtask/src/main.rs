@@ -418,6 +418,7 @@ fn fuzz(args: &[String]) -> Result {
         "azure_pkcs7",
         "gcp",
         "oidc",
+        "agent_answer",
     ];
     let (mut targets, mut replay, mut limits, mut extra) = (Vec::new(), false, Vec::new(), Vec::new());
     let mut it = args.iter();
