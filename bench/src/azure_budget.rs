@@ -92,7 +92,7 @@ pub fn run(env: &Env) -> String {
          snapshot, pooling). Azure checks the document's signature *and* the signer's chain to a pinned root; \
          AWS checks one signature. The chain's CA signature over the signer certificate, the same in every \
          call, is verified once per process and then answered from the host's memo of valid certificate \
-         signatures (`idgate::signature_memo`); validity, names and the path are checked in every call. The issue's target is on server CPU per authentication: Azure ≤ \
+         signatures (`idgate_sandbox::signature_memo`); validity, names and the path are checked in every call. The issue's target is on server CPU per authentication: Azure ≤ \
          1.25× AWS (see the headline and the CPU budget rows).\n\n\
          | credentials | where | AWS | Azure | Azure / AWS |\n|---|---|---|---|---|\n",
     );

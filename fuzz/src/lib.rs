@@ -10,15 +10,15 @@
 //! harness choice and how to run it.
 //!
 //! The plugin targets verify with the host's own crypto: [`NativeCrypto`] is
-//! `host/src/crypto.rs` (with `signature_memo.rs`) compiled into this crate, not a copy and not the whole `idgate`
+//! `sandbox/src/crypto.rs` (with `signature_memo.rs`) compiled into this crate, not a copy and not the whole `idgate-sandbox`
 //! crate, whose wasmtime dependency would add minutes to every instrumented build
 //! (coverage flags apply to every crate built).
 
-#[path = "../../host/src/crypto.rs"]
+#[path = "../../sandbox/src/crypto.rs"]
 mod host_crypto;
 pub mod plugins;
 /// `crypto.rs`'s memo of valid certificate signatures, compiled in with it.
-#[path = "../../host/src/signature_memo.rs"]
+#[path = "../../sandbox/src/signature_memo.rs"]
 mod signature_memo;
 pub mod targets;
 

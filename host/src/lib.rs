@@ -10,25 +10,24 @@ pub mod block_files;
 pub mod cli;
 pub mod clock;
 pub mod config;
-pub mod crypto;
 pub mod db;
 pub mod descriptors;
 pub mod edge;
 pub mod expiry;
-pub mod file_trust;
 pub mod go_json;
-pub mod harness;
 pub mod issuers;
 pub mod jwks;
 pub mod logging;
 pub mod metrics;
 pub mod mounts;
-pub mod pins;
 pub mod providers;
 pub mod reload;
 pub mod request;
-pub mod sandbox;
 pub mod serve;
 pub mod settings;
-pub mod signature_memo;
 pub mod tls;
+
+// The sandbox, its crypto import, file trust and pins are the `idgate-sandbox` crate (so a
+// plugin author's tests build without the server); re-exported so `crate::sandbox::…` and
+// `idgate::sandbox::…` keep naming them.
+pub use idgate_sandbox::{crypto, file_trust, pins, sandbox};

@@ -22,7 +22,7 @@ use crate::{root, target_dir, Result};
 /// says `[workspace]`), in a private directory (see the module comment), with
 /// plain `cargo test` (which builds the
 /// component with `cargo build --release --target wasm32-wasip2` and runs it
-/// in the real sandbox through `idgate::harness`). The copy's path
+/// in the real sandbox through `idgate_sandbox::harness`). The copy's path
 /// dependencies are rewritten to absolute paths into this checkout.
 ///
 /// Why the workspace's Cargo.lock and target directory: with the same locked
@@ -30,7 +30,7 @@ use crate::{root, target_dir, Result};
 /// Cargo.toml's) and the same features, cargo reuses the registry crates the
 /// workspace build compiled, natively and for wasm32; only crates whose
 /// features the template resolves differently, and the path crates (kit,
-/// host), whose build hashes include their path relative to the workspace
+/// sandbox), whose build hashes include their path relative to the workspace
 /// root, are compiled again. Measured on 2 cores: the first run after a
 /// workspace build compiled 42 crates in 4 m 51 s (the tests crate's
 /// dev-dependencies add features to `cipher`, `reqwest`, `sqlx`, ..., which
@@ -66,7 +66,7 @@ pub fn test_outside_the_workspace() -> Result {
             }
         }
     }
-    // `path = "../../host"` and the like, made absolute: the copy's own spelling
+    // `path = "../../sandbox"` and the like, made absolute: the copy's own spelling
     // would point nowhere from the temporary directory.
     let manifest = copy.join("Cargo.toml");
     let text = fs::read_to_string(&manifest).map_err(|e| format!("reading {}: {e}", manifest.display()))?;

@@ -1,16 +1,16 @@
 //! The component as idgate runs it: built with `cargo build --release --target
-//! wasm32-wasip2`, loaded into idgate's real sandbox by `idgate::harness`,
+//! wasm32-wasip2`, loaded into idgate's real sandbox by `idgate_sandbox::harness`,
 //! configured with a provider block, then given credentials made here with
 //! test keys, at a fixed verification time.
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use idgate::harness::{build_component, expect_rejected, Harness};
-use idgate::sandbox::Configured;
 use idgate_plugin_kit::encoding::base64_encode;
 use idgate_plugin_kit::jwk::ec_p256_spki_der;
 use idgate_plugin_kit::time::format_rfc3339;
+use idgate_sandbox::harness::{build_component, expect_rejected, Harness};
+use idgate_sandbox::sandbox::Configured;
 use p256::ecdsa::signature::Signer;
 use p256::ecdsa::{Signature, SigningKey};
 use serde_json::{json, Value};

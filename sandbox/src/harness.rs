@@ -1,12 +1,13 @@
 //! A test harness for plugin authors: load a built `.wasm` into the real
 //! [`Sandbox`] — the same loading, trust checks, configure-then-snapshot and
 //! per-call limits `idgate serve` applies — configure it with a provider block
-//! and verify credentials at a chosen time. A plugin crate lists `idgate` as a
-//! dev-dependency and its `cargo test` runs the component as idgate will
+//! and verify credentials at a chosen time. A plugin crate lists
+//! `idgate-sandbox` (not the server, `idgate`) as a dev-dependency and its
+//! `cargo test` runs the component as idgate will
 //! (`examples/plugin-template/tests/component.rs` is the worked example).
 //!
 //! ```no_run
-//! use idgate::harness::{build_component, Harness};
+//! use idgate_sandbox::harness::{build_component, Harness};
 //!
 //! let wasm = build_component(env!("CARGO_MANIFEST_DIR").as_ref()).unwrap();
 //! let harness = Harness::load(&wasm).unwrap();
