@@ -8,10 +8,11 @@
 //!
 //! `cargo xtask bench SECTION...` runs only the named
 //! sections (`statements`, `storm`, `throughput` — after a storm of its own —,
-//! `ceiling`, `reload`) and prints their Markdown instead of
+//! `ceiling`, `reload`, `agent`) and prints their Markdown instead of
 //! writing `BENCHMARKS.md` (plugins must have been built). `sandbox` and
 //! `azure` (Azure's budget alone) need no PostgreSQL.
 
+mod agent;
 mod azure_budget;
 mod baseline;
 mod ceiling;
@@ -161,7 +162,7 @@ fn main() -> anyhow::Result<()> {
         let secs = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(5.0);
         return sandbox_costs::profile(&env, provider, secs);
     }
-    const SECTIONS: [&str; 5] = ["statements", "storm", "throughput", "ceiling", "reload"];
+    const SECTIONS: [&str; 6] = ["statements", "storm", "throughput", "ceiling", "reload", "agent"];
     if let Some(unknown) = args.iter().find(|a| !SECTIONS.contains(&a.as_str())) {
         anyhow::bail!(
             "unknown section {unknown:?}: run all of them with no argument, or name `sandbox`, `azure` or some of {SECTIONS:?}"
@@ -194,6 +195,7 @@ fn main() -> anyhow::Result<()> {
     let (md, rows) = ceiling::run(&rt, &pg, &http, &scratch)?;
     sections.push(md);
     sections.push(reload::run(&rt, &pg, &http, &env, &scratch)?);
+    sections.push(agent::run(&rt, &pg, &http, &env)?);
     let charts = charts::draw(&charts_dir, &cells, &points);
     drop(rt);
     let version = pg.version.clone();
@@ -266,6 +268,10 @@ fn only(env: &Env, scratch: &std::path::Path, sections: &[String]) -> anyhow::Re
             "reload" => {
                 let http = keys(&mut http, env, scratch)?;
                 out.push_str(&reload::run(&rt, &pg, http, env, scratch)?);
+            }
+            "agent" => {
+                let http = keys(&mut http, env, scratch)?;
+                out.push_str(&agent::run(&rt, &pg, http, env)?);
             }
             other => unreachable!("checked: {other}"),
         }

@@ -3,8 +3,7 @@
 //! from a file) and exchanging it at a real idgate server with a real
 //! PostgreSQL — the "done when", run as an operator would.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
+use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
@@ -49,54 +48,13 @@ fn stdout(out: &Output) -> String {
     String::from_utf8(out.stdout.clone()).unwrap()
 }
 
-/// IMDSv2 as EC2 answers when IMDSv2 is required: a session token from
-/// `PUT /latest/api/token`, and any `GET` without it is 401. Serves the
-/// genuine document and signature of `tests/data/aws/`. Returns its URL.
+/// The IMDSv2 stand-in serving the genuine document and signature of `tests/data/aws/`.
 fn imds_v2() -> String {
-    const SESSION: &str = "imds-session-token";
-    let document = read_data("aws/coder_iid_document.json");
-    let signature = read_data("aws/coder_iid_signature.b64");
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut line = String::new();
-            if reader.read_line(&mut line).is_err() {
-                continue;
-            }
-            let mut token = None;
-            let mut length = 0;
-            loop {
-                let mut header = String::new();
-                if reader.read_line(&mut header).is_err() || header.trim().is_empty() {
-                    break;
-                }
-                let (name, value) = header.split_once(':').unwrap_or((&header, ""));
-                match name.trim().to_ascii_lowercase().as_str() {
-                    "x-aws-ec2-metadata-token" => token = Some(value.trim().to_string()),
-                    "content-length" => length = value.trim().parse().unwrap_or(0),
-                    _ => {}
-                }
-            }
-            let _ = reader.by_ref().take(length).read_to_end(&mut Vec::new());
-            let mut words = line.split_whitespace();
-            let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
-            let (status, body) = match (method, path) {
-                ("PUT", "/latest/api/token") => (200, SESSION),
-                _ if token.as_deref() != Some(SESSION) => (401, ""),
-                ("GET", "/latest/dynamic/instance-identity/document") => (200, document.as_str()),
-                ("GET", "/latest/dynamic/instance-identity/signature") => (200, signature.as_str()),
-                _ => (404, ""),
-            };
-            let _ = write!(
-                &stream,
-                "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-        }
-    });
-    url
+    idgate_tests::imds::serve(
+        read_data("aws/coder_iid_document.json"),
+        read_data("aws/coder_iid_signature.b64"),
+    )
+    .unwrap()
 }
 
 /// The "done when": dev's token by `--agent-name`, main's by

@@ -40,7 +40,8 @@ const PLUGINS: &[(&str, &str, bool)] = &[
 
 const WASM_TARGET: &str = "wasm32-wasip2";
 
-/// The release host and the benchmarks, in one invocation that `build`,
+/// The release host, the benchmarks and the agent (`idgate-agent`, which the
+/// bench's agent section runs), in one invocation that `build`,
 /// `run` and `bench` all run, so none of them compiles what another just built.
 ///
 /// Why one identical invocation: measured on 2026-12-02, `cargo run --release
@@ -50,7 +51,7 @@ const WASM_TARGET: &str = "wasm32-wasip2";
 /// hashes differ between invocations that select different packages or
 /// targets. Building both binaries costs `build` the bench crate and its few
 /// own dependencies.
-const RELEASE_HOST: [&str; 6] = ["build", "--release", "-p", "idgate", "-p", "idgate-bench"];
+const RELEASE_HOST: [&str; 8] = ["build", "--release", "-p", "idgate", "-p", "idgate-bench", "-p", "idgate-client"];
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
