@@ -479,6 +479,11 @@ fn database_error(e: sqlx::Error) -> ApiError {
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    // Shutting down: nothing else matters to a balancer, and answering at once
+    // takes the replica out before it stops accepting.
+    if state.metrics.is_draining() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "not ready: draining (shutting down)\n").into_response();
+    }
     let mut problems = Vec::new();
     let db = tokio::time::timeout(Duration::from_secs(2), sqlx::query("SELECT 1").execute(&state.pool)).await;
     match db {

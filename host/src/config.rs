@@ -116,6 +116,9 @@ pub struct ServeLimits {
     /// How long SIGTERM/SIGINT waits for open connections before closing them, ms
     /// (default: the request timeout).
     pub shutdown_grace_ms: Option<u64>,
+    /// How long `serve` goes on serving after SIGTERM/SIGINT, `/readyz` failing,
+    /// before it stops accepting, ms (default 10000; 0 stops accepting at once).
+    pub drain_ms: Option<u64>,
 }
 
 /// `[tls]`: PEM files `idgate serve` terminates TLS with; both or neither.

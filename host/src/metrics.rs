@@ -66,6 +66,7 @@ pub struct Metrics {
     reloads: Family<ReloadLabels, Counter>,
     reload_failing: Gauge,
     plugins: Family<PluginLabels, Gauge>,
+    draining: Gauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -85,6 +86,7 @@ impl Default for Metrics {
         let reloads = Family::<ReloadLabels, Counter>::default();
         let reload_failing = Gauge::default();
         let plugins = Family::<PluginLabels, Gauge>::default();
+        let draining = Gauge::default();
         let mut registry = Registry::with_prefix("idgate");
         registry.register(
             "requests",
@@ -127,6 +129,11 @@ impl Default for Metrics {
             "The plugins being served (1 per plugin; a reload changes the set)",
             plugins.clone(),
         );
+        registry.register(
+            "draining",
+            "1 from SIGTERM/SIGINT until exit: /readyz answers 503 while serving goes on",
+            draining.clone(),
+        );
         Metrics {
             registry: Mutex::new(registry),
             requests,
@@ -138,6 +145,7 @@ impl Default for Metrics {
             reloads,
             reload_failing,
             plugins,
+            draining,
         }
     }
 }
@@ -213,6 +221,17 @@ impl Metrics {
                 })
                 .set(1);
         }
+    }
+
+    /// Marks the server as shutting down. `/readyz` reads this gauge, so the
+    /// metric and the answer cannot disagree; it never goes back to 0.
+    pub fn start_draining(&self) {
+        self.draining.set(1);
+    }
+
+    /// Whether shutdown has begun ([`Metrics::start_draining`]).
+    pub fn is_draining(&self) -> bool {
+        self.draining.get() != 0
     }
 
     /// The Prometheus text exposition.

@@ -1,7 +1,9 @@
 //! `idgate serve`: start-up (configuration, database, plugins, listener),
-//! logging, signals (SIGHUP reloads, [`crate::reload`]), and a shutdown that drains connections for at most the
-//! grace period and then stops the embedded cluster. The connections
-//! themselves are the edge's ([`crate::edge`]).
+//! logging, signals (SIGHUP reloads, [`crate::reload`]), and a shutdown in
+//! three steps: a drain (`/readyz` fails while serving goes on, so balancers
+//! move away), then no new connections while open ones get the grace period,
+//! then the embedded cluster stops. The connections themselves are the
+//! edge's ([`crate::edge`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -82,6 +84,7 @@ pub async fn serve(settings: &Settings, listen: Option<String>, read: ReadSettin
         read_replica = settings.database_read_url.is_some(),
         max_connections = edge_limits.max_connections,
         header_timeout_ms = edge_limits.header_timeout.as_millis() as u64,
+        drain_ms = edge_limits.drain.as_millis() as u64,
         "idgate is serving"
     );
     if tls.is_none() && !local.ip().is_loopback() {
@@ -91,12 +94,13 @@ pub async fn serve(settings: &Settings, listen: Option<String>, read: ReadSettin
              unless TLS is terminated in front; configure [tls] to terminate it here"
         );
     }
-    // Scripts and tests read the bound address (port 0 picks a free one).
-    let shutdown = shutdown_signal(edge_limits.shutdown_grace)?;
+    let (drain, draining) = tokio::sync::watch::channel(false);
+    let shutdown = shutdown_signal(&edge_limits, state.clone(), drain)?;
     let reloads = reload_on_hangup(Reloader::new(read, settings, certificates), state.clone())?;
     let scheme = if tls.is_some() { "https" } else { "http" };
+    // Scripts and tests read the bound address (port 0 picks a free one).
     println!("idgate listening on {scheme}://{local}");
-    let stopped = crate::edge::serve(listener, router(state), edge_limits, tls, shutdown).await;
+    let stopped = crate::edge::serve(listener, router(state), edge_limits, tls, draining, shutdown).await;
     // The handler stays installed (a late SIGHUP is ignored, not fatal);
     // only reloading stops.
     reloads.abort();
@@ -144,15 +148,40 @@ pub async fn bind(addr: &str) -> std::io::Result<tokio::net::TcpListener> {
 /// arrives before the server is polled (say, right after the address is printed)
 /// must still mean a graceful shutdown, not the default action of dying at once
 /// with the embedded cluster left running.
-fn shutdown_signal(grace: Duration) -> anyhow::Result<impl std::future::Future<Output = ()>> {
+///
+/// The future completes when the listener should close: after the first
+/// signal has started the drain (`/readyz` fails, `drain` tells the edge to
+/// close connections after their responses) and `limits.drain` has passed, or
+/// at a second signal, for an operator who wants it to stop now.
+fn shutdown_signal(
+    limits: &EdgeLimits,
+    state: Arc<AppState>,
+    drain: tokio::sync::watch::Sender<bool>,
+) -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut interrupt = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
     let mut terminate = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+    let (drain_time, grace) = (limits.drain, limits.shutdown_grace);
     Ok(async move {
         let signal = tokio::select! {
             _ = interrupt.recv() => "SIGINT",
             _ = terminate.recv() => "SIGTERM",
         };
+        state.metrics.start_draining();
+        let _ = drain.send(true);
+        if !drain_time.is_zero() {
+            tracing::info!(
+                signal,
+                drain_ms = drain_time.as_millis() as u64,
+                "draining: /readyz answers 503 and every response closes its connection, \
+                 while serving goes on for drain_ms; a second SIGTERM or SIGINT ends the drain now"
+            );
+            tokio::select! {
+                () = tokio::time::sleep(drain_time) => tracing::info!("drain over"),
+                _ = interrupt.recv() => tracing::info!(signal = "SIGINT", "drain cut short by a second signal"),
+                _ = terminate.recv() => tracing::info!(signal = "SIGTERM", "drain cut short by a second signal"),
+            }
+        }
         tracing::info!(
             signal,
             grace_ms = grace.as_millis() as u64,

@@ -119,6 +119,11 @@ fn status_kib(pid: u32, field: &str) -> u64 {
 pub(crate) async fn terminate(served: &mut Served, signal: i32, guard: Duration) -> ExitStatus {
     // SAFETY: plain kill(2) on our own child.
     unsafe { libc::kill(served.child.id() as i32, signal) };
+    exited(served, guard).await
+}
+
+/// The exit status once the process exits; panics if it outlives `guard`.
+pub(crate) async fn exited(served: &mut Served, guard: Duration) -> ExitStatus {
     let deadline = tokio::time::Instant::now() + guard;
     loop {
         if let Some(status) = served.child.try_wait().unwrap() {
@@ -126,7 +131,7 @@ pub(crate) async fn terminate(served: &mut Served, signal: i32, guard: Duration)
         }
         if tokio::time::Instant::now() > deadline {
             let _ = served.child.kill();
-            panic!("idgate was still running {guard:?} after signal {signal}");
+            panic!("idgate had not exited {guard:?} later");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -48,6 +48,8 @@ pub(crate) fn idgate(db: &TestDb, args: &[&str]) -> Command {
         .arg(component_cache_dir())
         .args(args)
         .env_remove("IDGATE_CONFIG")
+        // Tests stop servers with SIGTERM and wait: no drain unless a test sets one.
+        .env("IDGATE_LIMITS_DRAIN_MS", "0")
         .env("RUST_LOG", "info");
     cmd
 }

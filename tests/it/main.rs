@@ -8,6 +8,7 @@ mod azure_trust;
 mod boundaries;
 mod coder_bodies;
 mod db_kind;
+mod drain;
 mod edge;
 mod faults;
 mod gcp;

@@ -11,6 +11,12 @@
 //!   A request in flight is bounded by the API's request timeout.
 //! - Closing (idle, or at shutdown) is graceful — in-flight requests finish —
 //!   but takes at most the grace period; then the connection is dropped.
+//! - While draining, HTTP/1.1 responses say `Connection: close` and hyper
+//!   closes after writing them; an idle kept-alive connection is left open
+//!   until its next request (closing it could race a request already on its
+//!   way). HTTP/2 has GOAWAY for that race: it is sent once the connection has
+//!   answered a request — at once for one that already has — so a client that
+//!   connects during the drain is served before it is told to go.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -20,6 +26,7 @@ use std::time::Duration;
 
 use axum::Router;
 use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
 use hyper::server::conn::{http1, http2};
 use hyper::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -41,11 +48,12 @@ const H2_MAX_SEND_BUFFER: usize = 64 * 1024;
 const H1_MIN_BUFFER: usize = 8 * 1024;
 
 /// What every connection shares: the router, the limits, the protocol
-/// builders, the TLS acceptor, and the shutdown flag.
+/// builders, the TLS acceptor, and the drain and shutdown flags.
 pub(super) struct Edge {
     router: Router,
     limits: EdgeLimits,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    draining: watch::Receiver<bool>,
     stopping: watch::Receiver<bool>,
     http1: http1::Builder,
     http2: http2::Builder<TokioExecutor>,
@@ -56,6 +64,7 @@ impl Edge {
         router: Router,
         limits: EdgeLimits,
         tls: Option<tokio_rustls::TlsAcceptor>,
+        draining: watch::Receiver<bool>,
         stopping: watch::Receiver<bool>,
     ) -> Edge {
         let mut h1 = http1::Builder::new();
@@ -74,6 +83,7 @@ impl Edge {
             router,
             limits,
             tls,
+            draining,
             stopping,
             http1: h1,
             http2: h2,
@@ -115,8 +125,8 @@ impl Edge {
         I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     {
         let activity = Arc::new(Activity::new());
-        let conn = self.http1.serve_connection(io, self.service(&activity));
-        self.drive(conn, http1::Connection::graceful_shutdown, &activity, stopping)
+        let conn = self.http1.serve_connection(io, self.service(&activity, true));
+        self.drive(conn, http1::Connection::graceful_shutdown, false, &activity, stopping)
             .await
     }
 
@@ -125,15 +135,17 @@ impl Edge {
         I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     {
         let activity = Arc::new(Activity::new());
-        let conn = self.http2.serve_connection(io, self.service(&activity));
-        self.drive(conn, http2::Connection::graceful_shutdown, &activity, stopping)
+        let conn = self.http2.serve_connection(io, self.service(&activity, false));
+        self.drive(conn, http2::Connection::graceful_shutdown, true, &activity, stopping)
             .await
     }
 
-    /// The router as a hyper service that counts the requests in flight.
+    /// The router as a hyper service that counts the requests in flight and,
+    /// on `http1` while draining, closes the connection after each response.
     fn service(
         &self,
         activity: &Arc<Activity>,
+        http1: bool,
     ) -> impl hyper::service::Service<
         Request<Incoming>,
         Response = axum::response::Response,
@@ -144,11 +156,22 @@ impl Edge {
            + 'static {
         let router = self.router.clone();
         let activity = activity.clone();
+        let draining = self.draining.clone();
         hyper::service::service_fn(move |request: Request<Incoming>| {
             let in_flight = activity.begin();
             let router = router.clone();
+            let draining = draining.clone();
             async move {
-                let response = router.oneshot(request).await;
+                let mut response = router.oneshot(request).await;
+                // Read when the response is ready, so one that was in flight
+                // when the drain began closes its connection too.
+                if http1 && *draining.borrow() {
+                    if let Ok(response) = &mut response {
+                        response
+                            .headers_mut()
+                            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    }
+                }
                 drop(in_flight);
                 response
             }
@@ -156,26 +179,45 @@ impl Edge {
     }
 
     /// Runs `conn` until it ends, it has been idle too long, or shutdown; then
-    /// closes it gracefully for at most the grace period.
+    /// closes it gracefully for at most the grace period. With `goaway`
+    /// (HTTP/2), a drain closes it gracefully too, once it has answered a request.
     async fn drive<C>(
         &self,
         conn: C,
-        graceful: impl FnOnce(Pin<&mut C>),
+        graceful: impl Fn(Pin<&mut C>),
+        goaway: bool,
         activity: &Activity,
         stopping: &mut watch::Receiver<bool>,
     ) where
         C: Future<Output = hyper::Result<()>>,
     {
         tokio::pin!(conn);
-        let shutdown = tokio::select! {
-            ended = conn.as_mut() => {
-                if let Err(e) = ended {
-                    tracing::debug!(error = %e, "connection ended");
+        let idle = activity.idle(self.limits.header_timeout, self.limits.idle_timeout);
+        tokio::pin!(idle);
+        let mut draining = self.draining.clone();
+        let drained = async {
+            let _ = draining.wait_for(|d| *d).await;
+            activity.answered().await;
+        };
+        tokio::pin!(drained);
+        let mut goaway = goaway;
+        let shutdown = loop {
+            tokio::select! {
+                ended = conn.as_mut() => {
+                    if let Err(e) = ended {
+                        tracing::debug!(error = %e, "connection ended");
+                    }
+                    return;
                 }
-                return;
+                () = &mut idle => break false,
+                _ = stopping.wait_for(|s| *s) => break true,
+                // The connection goes on until its streams are done, bounded
+                // by the idle timer and shutdown like any other.
+                () = &mut drained, if goaway => {
+                    graceful(conn.as_mut());
+                    goaway = false;
+                }
             }
-            () = activity.idle(self.limits.header_timeout, self.limits.idle_timeout) => false,
-            _ = stopping.wait_for(|s| *s) => true,
         };
         graceful(conn.as_mut());
         if shutdown {
@@ -215,6 +257,16 @@ impl Activity {
         self.started.store(true, Ordering::Relaxed);
         self.in_flight.send_modify(|n| *n += 1);
         InFlight(self.clone())
+    }
+
+    /// Completes once a request has been answered and none is in flight.
+    async fn answered(&self) {
+        let mut changes = self.in_flight.subscribe();
+        // `begin` marks `started` before it counts, so the count's change
+        // that follows wakes this loop.
+        while !(self.started.load(Ordering::Relaxed) && *changes.borrow_and_update() == 0) {
+            let _ = changes.changed().await;
+        }
     }
 
     /// Completes once no request has been in flight for `first` (before any
@@ -264,5 +316,29 @@ mod tests {
         );
         drop(request);
         assert!(tokio::time::timeout(GUARD, idle).await.is_ok(), "idle once it is done");
+    }
+
+    /// The drain's GOAWAY waits for an answered request: not one merely begun.
+    #[tokio::test]
+    async fn answered_waits_for_a_finished_request() {
+        let short = Duration::from_millis(50);
+        let activity = Arc::new(Activity::new());
+        assert!(
+            tokio::time::timeout(short, activity.answered()).await.is_err(),
+            "nothing answered yet"
+        );
+        let request = activity.begin();
+        let answered = activity.answered();
+        tokio::pin!(answered);
+        assert!(
+            tokio::time::timeout(short, answered.as_mut()).await.is_err(),
+            "a request still in flight"
+        );
+        drop(request);
+        assert!(tokio::time::timeout(GUARD, answered).await.is_ok(), "answered");
+        assert!(
+            tokio::time::timeout(GUARD, activity.answered()).await.is_ok(),
+            "and from then on at once"
+        );
     }
 }

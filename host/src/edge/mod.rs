@@ -12,7 +12,12 @@
 //!   within the header timeout, a head larger than the cap is answered 431, and a
 //!   connection with no request in flight is closed after the idle timeout (see
 //!   [`connection`]);
-//! - shutdown stops accepting, asks every connection to finish, and after the
+//! - shutdown starts with a drain: for [`EdgeLimits::drain`] the loop goes on
+//!   accepting and serving while `/readyz` fails, and every HTTP/1.1 response
+//!   carries `Connection: close` (HTTP/2 connections get a GOAWAY once a request
+//!   of theirs is answered), so clients and balancers move to other replicas
+//!   without a refused connection or a request lost on a reused one;
+//! - then it stops accepting, asks every connection to finish, and after the
 //!   grace period closes whatever is left.
 
 mod connection;
@@ -37,6 +42,14 @@ pub const RESERVED_DESCRIPTORS: u64 = 128;
 /// more: at the default head cap this bounds their buffers to a few hundred MiB.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 16_384;
 
+/// The default drain: long enough for a balancer to see `/readyz` fail and
+/// take the replica out. HAProxy's default checks (`inter 2s`, `fall 3`) need
+/// up to 6 s; a Kubernetes readiness probe with `periodSeconds: 5` and the
+/// endpoint update that follows, about as long. Ten seconds covers both with
+/// room, and with the default grace (the request timeout, 10 s) the whole stop
+/// stays within Kubernetes' default `terminationGracePeriodSeconds` of 30.
+pub const DEFAULT_DRAIN: Duration = Duration::from_secs(10);
+
 /// Bounds of the edge, defaults filled in and checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EdgeLimits {
@@ -50,6 +63,8 @@ pub struct EdgeLimits {
     pub max_connections: usize,
     /// How long a closing connection (at shutdown, or idle) may take to finish.
     pub shutdown_grace: Duration,
+    /// How long serving goes on after the first SIGTERM/SIGINT; zero for none.
+    pub drain: Duration,
 }
 
 /// The smallest head cap accepted: hyper's read buffer cannot be smaller than
@@ -92,6 +107,8 @@ impl EdgeLimits {
             max_head_bytes,
             max_connections,
             shutdown_grace: ms("shutdown_grace_ms", limits.shutdown_grace_ms, request_timeout)?,
+            // Zero is allowed: behind no balancer there is nothing to wait for.
+            drain: limits.drain_ms.map_or(DEFAULT_DRAIN, Duration::from_millis),
         })
     }
 }
@@ -123,19 +140,22 @@ pub struct Stopped {
     pub cut: usize,
 }
 
-/// Serves `router` on `listener` until `shutdown` completes, then drains for
-/// at most `limits.shutdown_grace` and closes what is left. With `tls`, every
-/// connection is a TLS connection (HTTP/2 or HTTP/1.1 by ALPN); without, HTTP/1.1.
+/// Serves `router` on `listener` until `shutdown` completes, then lets open
+/// connections finish for at most `limits.shutdown_grace` and closes what is
+/// left. Once `draining` turns true (the drain before `shutdown`), responses
+/// close their connections. With `tls`, every connection is a TLS connection
+/// (HTTP/2 or HTTP/1.1 by ALPN); without, HTTP/1.1.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: EdgeLimits,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    draining: watch::Receiver<bool>,
     shutdown: impl Future<Output = ()>,
 ) -> Stopped {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let (stop, stopping) = watch::channel(false);
-    let edge = Arc::new(connection::Edge::new(router, limits, tls, stopping));
+    let edge = Arc::new(connection::Edge::new(router, limits, tls, draining, stopping));
     let mut open = JoinSet::new();
     let mut backoff = Backoff::default();
     tokio::pin!(shutdown);
@@ -238,6 +258,7 @@ mod tests {
         assert_eq!(l.max_head_bytes, 16 * 1024);
         assert_eq!(l.max_connections, 1024 - 128 - 10);
         assert_eq!(l.shutdown_grace, Duration::from_secs(10), "the request timeout");
+        assert_eq!(l.drain, DEFAULT_DRAIN);
         let plenty = EdgeLimits::from_config(&ServeLimits::default(), Duration::from_secs(1), 1 << 20, 20).unwrap();
         assert_eq!(plenty.max_connections, DEFAULT_MAX_CONNECTIONS);
         assert_eq!(connection_cap(100, 10), 1, "never zero");
@@ -249,6 +270,11 @@ mod tests {
         assert_eq!(l.header_timeout, Duration::from_millis(500));
         assert_eq!(l.max_connections, 100);
         assert_eq!(l.shutdown_grace, Duration::from_millis(7));
+        assert_eq!(
+            limits("[limits]\ndrain_ms = 0").unwrap().drain,
+            Duration::ZERO,
+            "no drain"
+        );
         for bad in [
             "header_timeout_ms = 0",
             "idle_timeout_ms = 0",
