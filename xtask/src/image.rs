@@ -19,9 +19,10 @@
 //! `--tag NAME` names the image (default `localhost/idgate`); `--database-url URL` (test).
 //!
 //! Why a glibc-dynamic binary plus exactly the libraries `ldd` lists, not a static (musl)
-//! one: the image then ships the very binary `cargo xtask build` made and BENCHMARKS.md
-//! measured, with no second release build of the whole tree for another target (the
-//! glibc one took 20 min here on two shared cores), and without musl's allocator under
+//! one, though a musl build works here (with Debian's musl-tools; measured in
+//! `deploy/README.md`): the image then ships the very binary `cargo xtask build` made and
+//! BENCHMARKS.md measured, with no second release build of the whole tree for another
+//! target (15 min here on two shared cores), and without musl's allocator under
 //! wasmtime's and tokio's allocation patterns. The cost is four small shared objects and the loader
 //! (see `deploy/README.md` for the measurement). glibc's `files` and `dns` name services
 //! are built into libc.so.6 since glibc 2.34, so resolving a database host name needs no
