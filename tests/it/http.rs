@@ -73,9 +73,14 @@ pub(crate) fn serve_command(cmd: Command) -> Served {
 }
 
 /// [`serve_command`] with `log_format` set to `format`.
-pub(crate) fn serve_command_logging(mut cmd: Command, format: &str) -> Served {
+pub(crate) fn serve_command_logging(cmd: Command, format: &str) -> Served {
+    serve_command_at(cmd, "127.0.0.1:0", format)
+}
+
+/// [`serve_command_logging`] listening on `listen`.
+pub(crate) fn serve_command_at(mut cmd: Command, listen: &str, format: &str) -> Served {
     let mut child = cmd
-        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(["serve", "--listen", listen])
         .env("IDGATE_LOG_FORMAT", format)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

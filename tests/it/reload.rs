@@ -58,6 +58,23 @@ impl Files {
         std::fs::rename(&partial, self.config()).unwrap();
     }
 
+    /// The `idgate` command on these files and `database_url`, the
+    /// subcommand still to add.
+    pub(crate) fn idgate(&self, database_url: &str) -> Command {
+        let mut cmd = Command::new(idgate_binary());
+        cmd.env_remove("IDGATE_CONFIG")
+            .arg("--config")
+            .arg(self.config())
+            .arg("--plugins")
+            .arg(self.plugins())
+            .arg("--cache-dir")
+            .arg(component_cache_dir())
+            .arg("--database-url")
+            .arg(database_url)
+            .env("RUST_LOG", "info");
+        cmd
+    }
+
     /// A file beside the configuration (a key set, say), its path as TOML text.
     pub(crate) fn put_file(&self, name: &str, contents: &str) -> String {
         let path = self.dir.path().join(name);
@@ -89,19 +106,8 @@ impl Live {
             files.put_plugin(from, name);
         }
         files.write_config(config);
-        let mut cmd = Command::new(idgate_binary());
-        cmd.env_remove("IDGATE_CONFIG")
-            .arg("--config")
-            .arg(files.config())
-            .arg("--plugins")
-            .arg(files.plugins())
-            .arg("--cache-dir")
-            .arg(component_cache_dir())
-            .arg("--database-url")
-            .arg(&db.url)
-            .env("RUST_LOG", "info");
         Live {
-            served: serve_command(cmd),
+            served: serve_command(files.idgate(&db.url)),
             files,
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))

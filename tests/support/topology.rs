@@ -39,9 +39,14 @@
 //! without dropping the [`Topology`], etcd and HAProxy exit and each Patroni
 //! stops its PostgreSQL. Directories left by dead test processes are removed
 //! by the next [`Topology::start`].
+//!
+//! [`Topology::balance_http`] adds a second HAProxy, in HTTP mode, in front of
+//! `idgate serve` replicas ([`balancer`]).
 
+pub mod balancer;
 mod packages;
 
+pub use balancer::Balancer;
 pub use packages::{ensure_packages, find_command, missing_packages, PACKAGES};
 
 use std::collections::BTreeSet;

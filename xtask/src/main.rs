@@ -12,6 +12,9 @@
 //!   to `cargo test`); without arguments, also builds and tests
 //!   `examples/plugin-template` from a private copy that is its own workspace
 //!   (`template.rs`).
+//! - `test --topology [ARGS..]` installs the HA topology's Debian packages if
+//!   missing (etcd, Patroni, HAProxy) and runs only the topology scenarios
+//!   (`tests/it/topology.rs`, ignored by a plain `test`).
 //! - `template` does only that last step.
 //! - `ci` checks formatting and lints, then runs `test`.
 //! - `bench` builds the plugins and runs the benchmarks (release), which write
@@ -24,6 +27,9 @@
 
 mod image;
 mod template;
+// Standard library only, shared with the tests' support crate.
+#[path = "../../tests/support/topology/packages.rs"]
+mod topology_packages;
 mod wasi_stubs;
 
 use std::path::{Path, PathBuf};
@@ -359,6 +365,9 @@ fn run(extra: &[String]) -> Result {
 }
 
 fn test(extra: &[String]) -> Result {
+    if extra.first().is_some_and(|a| a == "--topology") {
+        return test_topology(&extra[1..]);
+    }
     ensure_postgres()?;
     plugins(&[])?;
     // The HTTP tests run the real `idgate` binary, which `cargo test` alone does
@@ -377,6 +386,32 @@ fn test(extra: &[String]) -> Result {
         template::test_outside_the_workspace()?;
     }
     Ok(())
+}
+
+/// `test --topology`: the scenarios that run idgate in a real HA topology
+/// (etcd, PostgreSQL under Patroni, HAProxy; issue 31), each a few tens of
+/// seconds of processes and failovers, so kept out of the plain `test`. One
+/// at a time: each starts its own topology and times failovers and
+/// latencies, which a second one on the same cores would skew.
+fn test_topology(extra: &[String]) -> Result {
+    topology_packages::ensure_packages()?;
+    ensure_postgres()?;
+    plugins(&[])?;
+    // As `test`: the `idgate` binary and the test targets in one resolution.
+    cargo(&["build", "--workspace", "--all-targets"])?;
+    let mut args = vec![
+        "test",
+        "--workspace",
+        "--test",
+        "it",
+        "--",
+        "--ignored",
+        "topology::",
+        "--test-threads",
+        "1",
+    ];
+    args.extend(extra.iter().map(String::as_str));
+    cargo(&args)
 }
 
 fn ci() -> Result {
