@@ -31,11 +31,14 @@ use crate::{root, target_dir, Result};
 /// workspace build compiled, natively and for wasm32; only crates whose
 /// features the template resolves differently, and the path crates (kit,
 /// sandbox), whose build hashes include their path relative to the workspace
-/// root, are compiled again. Measured on 2 cores: the first run after a
-/// workspace build compiled 42 crates in 4 m 51 s (the tests crate's
-/// dev-dependencies add features to `cipher`, `reqwest`, `sqlx`, ..., which
-/// reach `sha2` and so cranelift and wasmtime), the whole step 5 m 8 s; once
-/// those exist, 12 s, of which 8 s are the component tests.
+/// root, are compiled again. Measured on 2 cores after `cargo build
+/// --workspace --all-targets`: the first run compiled 16 crates (46 while the
+/// harness came with the whole server crate, `idgate`: sqlx, rustls, reqwest),
+/// still about 4 minutes of CPU, because wasmtime and cranelift are among
+/// them: the workspace's test dependencies add features beneath cranelift's
+/// `sha2` (`cms`'s builder reaches `crypto-common`, `jsonwebtoken` `zeroize`)
+/// that the template does not. Once those exist, 12 s, of which 8 s are the
+/// component tests.
 pub fn test_outside_the_workspace() -> Result {
     let source = root().join("examples/plugin-template");
     let copy = private_copy_dir()?;
