@@ -46,6 +46,9 @@ const PLUGIN_DIR: &str = "/usr/local/lib/idgate/plugins";
 const CACHE_DIR: &str = "/var/cache/idgate";
 const CONFIG_DIR: &str = "/etc/idgate";
 const PORT: u16 = 3000;
+/// The test's drain: long enough to see /readyz fail while serving goes on, short enough
+/// for two runs.
+const TEST_DRAIN_MS: u64 = 2000;
 
 struct Options {
     build: bool,
@@ -556,8 +559,11 @@ fn run_container(runner: &Runner, image: &Image, options: &Options) -> Result {
     // The gcp block reads its keys from a file: nothing here may reach Google.
     write_file(
         &work.join("idgate.toml"),
-        "# The image test's configuration (cargo xtask image test).\n\
-         [gcp]\naudience = \"coder\"\njwks_file = \"/etc/idgate/google-jwks.json\"\n",
+        &format!(
+            "# The image test's configuration (cargo xtask image test).\n\
+             [limits]\ndrain_ms = {TEST_DRAIN_MS}\n\
+             [gcp]\naudience = \"coder\"\njwks_file = \"/etc/idgate/google-jwks.json\"\n"
+        ),
     )?;
     // A genuine Google key set from the tests' data (any key set will do: nothing signs here).
     let jwks = root().join("tests/data/gcp/google_jwk_a3b762f8.json");
@@ -720,21 +726,42 @@ fn run_variant(runner: &Runner, image: &Image, work: &Path, database_url: &str, 
         }
         wait_for(port, "/readyz", Duration::from_secs(10), 200).map_err(with_logs)?;
         eprintln!("container: SIGHUP reloaded, /readyz 200");
-        // SIGTERM with Kubernetes' default grace: serve drains and stops by itself, exit 0.
+        // SIGTERM, as a runtime stops it: serve drains by itself (no preStop hook in
+        // deploy/), so /readyz turns 503 at once while /healthz still answers, and after
+        // drain_ms it stops with exit code 0, well within Kubernetes' default 30 s grace.
         let stopping = Instant::now();
         run_status(
             podman(storage)
-                .args(["stop", "--time", "30", name])
+                .args(["kill", "--signal", "TERM", name])
                 .stdout(Stdio::null()),
         )?;
+        let draining = wait_for(port, "/readyz", Duration::from_secs(2), 503).map_err(with_logs)?;
+        wait_for(port, "/healthz", Duration::from_secs(1), 200).map_err(with_logs)?;
+        let drain_seen = stopping.elapsed();
+        loop {
+            let running = output(podman(storage).args(["inspect", "--format", "{{.State.Running}}", name]))?;
+            if running.trim() != "true" {
+                break;
+            }
+            if stopping.elapsed() > Duration::from_secs(30) {
+                return Err(with_logs("still running 30 s after SIGTERM".into()));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let stopped = stopping.elapsed();
         let code = output(podman(storage).args(["inspect", "--format", "{{.State.ExitCode}}", name]))?;
         eprintln!(
-            "container: stopped on SIGTERM in {:.1?}, exit code {}",
-            stopping.elapsed(),
+            "container: SIGTERM: /readyz 503 ({}) and /healthz 200 after {drain_seen:.1?}; exited {} after {stopped:.1?} (drain_ms {TEST_DRAIN_MS})",
+            draining.trim(),
             code.trim()
         );
         if code.trim() != "0" {
             return Err(with_logs(format!("idgate exited {} on SIGTERM", code.trim())));
+        }
+        if stopped < Duration::from_millis(TEST_DRAIN_MS) {
+            return Err(with_logs(format!(
+                "idgate stopped {stopped:.1?} after SIGTERM, before its {TEST_DRAIN_MS} ms drain"
+            )));
         }
         Ok(())
     })();
