@@ -134,6 +134,11 @@ fn make_image(options: &Options) -> Result<Image> {
     }
     let libraries = shared_objects(&binary)?;
     let name = format!("{}:{version}", options.tag);
+    // The image this name pointed at before, removed once the new one has the name: each
+    // build would otherwise leave a 37 MB untagged image behind.
+    let previous = output(buildah(&storage_flags()?).args(["images", "--quiet", "--no-trunc", &name]))
+        .map(|ids| ids.lines().next().unwrap_or("").trim().to_string())
+        .unwrap_or_default();
 
     let storage = storage_flags()?;
     let container = output(buildah(&storage).args(["from", "--name", "idgate-image-build", "scratch"]))
@@ -166,6 +171,14 @@ fn make_image(options: &Options) -> Result<Image> {
             .status();
     }
     assembled?;
+    let current = output(buildah(&storage).args(["images", "--quiet", "--no-trunc", &name]))?;
+    if !previous.is_empty() && previous != current.lines().next().unwrap_or("").trim() {
+        let _ = buildah(&storage)
+            .args(["rmi", &previous])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
 
     let archive_dir = target_dir().join("image");
     std::fs::create_dir_all(&archive_dir).map_err(|e| format!("creating {}: {e}", archive_dir.display()))?;
@@ -842,10 +855,13 @@ fn start_postgres(work: &Path) -> Result<(std::process::Child, String)> {
     let data = work.join("pg");
     std::fs::create_dir_all(&data).map_err(|e| e.to_string())?;
     let as_root = output(Command::new("id").arg("-u"))?.trim() == "0";
+    // setpriv execs the server in its own place (runuser would stay as its parent and not
+    // pass on the signal that stops it), so the child we hold is the postmaster itself.
     let as_user = |program: PathBuf| {
         if as_root {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(program);
+            let mut c = Command::new("setpriv");
+            c.args(["--reuid=postgres", "--regid=postgres", "--init-groups", "--"])
+                .arg(program);
             c
         } else {
             Command::new(program)
@@ -899,7 +915,7 @@ fn start_postgres(work: &Path) -> Result<(std::process::Child, String)> {
     Ok((server, format!("postgres://postgres@127.0.0.1:{port}/postgres")))
 }
 
-/// SIGINT is PostgreSQL's fast shutdown. The child is `runuser`, which passes it on.
+/// SIGINT is PostgreSQL's fast shutdown.
 fn stop_postgres(server: &mut std::process::Child) {
     let _ = Command::new("kill").args(["-INT", &server.id().to_string()]).status();
     let deadline = Instant::now() + Duration::from_secs(20);
