@@ -37,7 +37,7 @@ pub fn run(rt: &tokio::runtime::Runtime, pg: &BenchCluster, http: &Http, env: &E
         agent.display()
     );
     let base = rt.block_on(async {
-        let pool = pg.fresh_pool(10).await?;
+        let pool = pg.open(10).await?;
         for name in ["main", "dev"] {
             let agent = NewAgent {
                 workspace: "agent-bench",
