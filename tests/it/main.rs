@@ -7,6 +7,7 @@ mod azure;
 mod azure_trust;
 mod boundaries;
 mod coder_bodies;
+mod coder_front;
 mod db_kind;
 mod drain;
 mod edge;

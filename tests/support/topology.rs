@@ -828,7 +828,7 @@ impl Drop for Topology {
 }
 
 /// SIGTERM, wait up to `grace`, then SIGKILL.
-fn stop(child: Child, grace: Duration) {
+pub fn stop(child: Child, grace: Duration) {
     // SAFETY: plain kill(2) on our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     wait_or_kill(child, grace);
@@ -898,7 +898,7 @@ pub fn free_ports(n: usize) -> std::io::Result<Vec<u16>> {
 
 /// Spawns `cmd` with output to `log` (owned by `user` if given) from a thread
 /// that lives as long as the process, with the parent-death signal set.
-fn spawn_logged(mut cmd: Command, log: &Path, user: Option<&ServerUser>) -> Result<Child, BoxError> {
+pub fn spawn_logged(mut cmd: Command, log: &Path, user: Option<&ServerUser>) -> Result<Child, BoxError> {
     let file = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
     if let Some(u) = user {
         std::os::unix::fs::chown(log, Some(u.uid), Some(u.gid))?;
