@@ -1227,6 +1227,49 @@ async fn hold_a_statement(
     panic!("the first resolution never reached the lock");
 }
 
+/// Every pooled connection cut at once (a proxy marking its server down, a
+/// promotion, a restart): the pool's idle connections look alive until used.
+/// A resolution still gets its answer: after the first dead connection the
+/// drainer pings each one it takes, so the retries do not all land on the
+/// other cut ones (before, four dead idle connections exhausted the three
+/// attempts and the request failed).
+#[tokio::test]
+async fn a_pool_whose_connections_were_all_cut_still_answers() {
+    use sqlx::Connection;
+    let db = fresh_database().await;
+    let iid = instance_id();
+    let token = add(&db.pool, "w", &iid, "main").await;
+    let pool = pool_of(&db, 5).await;
+    // Four idle connections, each opened and prepared.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(pool.acquire().await.unwrap());
+    }
+    drop(held);
+    // Back in the pool (sqlx returns them from a background task).
+    for _ in 0..500 {
+        if pool.num_idle() == 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(pool.num_idle(), 4);
+    let options = idgate::db::embedded::connect_options(&pg::cluster().dir, &db.name);
+    let mut admin = sqlx::PgConnection::connect_with(&options).await.unwrap();
+    let cut: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = $1 AND pid <> pg_backend_pid()) t",
+    )
+    .bind(&db.name)
+    .fetch_one(&mut admin)
+    .await
+    .unwrap();
+    assert!(cut >= 4, "cut {cut}");
+    assert_eq!(res(&pool, &iid, None).await, Resolution::Token(token, "main".into()));
+    admin.close().await.unwrap();
+    pool.close().await;
+}
+
 /// A shared statement that PostgreSQL refuses for one waiter's instance ID (a
 /// NUL byte is not valid text) fails only that waiter: its neighbours in the
 /// statement are resolved again alone and get their own answers.

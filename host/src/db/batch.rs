@@ -24,8 +24,11 @@
 //! - **Cancellation-safe.** Drainers are tasks of their own, so a request that
 //!   goes away (client gone, request timeout) cannot strand the others it
 //!   would have carried; its rows are simply not delivered.
-//! - A connection found dead (I/O error) is closed and its batch queued again
-//!   at the front, up to three attempts per request, as before batching.
+//! - A connection found dead (I/O error, or the server's FATAL `57P…`
+//!   "terminating connection") is closed and its batch queued again
+//!   at the front, up to three attempts per request, as before batching; the
+//!   drainer then pings each connection it takes before using it, until one
+//!   answers, so the retries do not land on the pool's other cut connections.
 //! - **One request's failure is its own.** A shared statement that fails for
 //!   any other reason is run again for each of its instance IDs alone, so a
 //!   bad ID (one PostgreSQL refuses) fails only the requests that carry it.
@@ -251,6 +254,10 @@ impl Drop for Running {
 async fn drain(pool: PgPool) {
     let key = pool_key(&pool);
     let mut running = Running { key, ended: false };
+    // Connections found dead in a row (the batch's own, then failed pings):
+    // while non-zero, a connection is pinged before a batch spends an attempt
+    // on it. The inner loop leaves a connection only when it died.
+    let mut lost = 0u32;
     loop {
         let asked = Instant::now();
         let mut conn = match pool.acquire().await {
@@ -270,6 +277,21 @@ async fn drain(pool: PgPool) {
                 continue;
             }
         };
+        // One dead connection is seldom alone: a proxy that marks a server
+        // down (HAProxy's `shutdown-sessions`, a Patroni promotion) or a
+        // restarted server cuts every pooled connection at once, and the
+        // pool's idle ones look alive until used. Without this check the
+        // retries of one batch could each land on another cut connection and
+        // exhaust their attempts. It costs one round trip, only after a loss,
+        // and at most the pool's size of them before trusting the pool again.
+        if lost > 0 && lost <= pool.options().get_max_connections() {
+            use sqlx::Connection;
+            if conn.ping().await.is_err() {
+                conn.close_on_drop();
+                lost += 1;
+                continue;
+            }
+        }
         loop {
             let Some(batch) = take(key) else {
                 running.ended = true;
@@ -278,6 +300,7 @@ async fn drain(pool: PgPool) {
             if !run(&mut conn, batch, key).await {
                 // Dead connection: do not return it to the pool.
                 conn.close_on_drop();
+                lost = 1;
                 break;
             }
         }
@@ -325,6 +348,19 @@ async fn run(conn: &mut PoolConnection<Postgres>, batch: Vec<Waiter>, key: usize
             fail(batch, SharedError::new(e));
             true
         }
+    }
+}
+
+/// Whether `e` means the connection is gone, so the statement may run again
+/// on another: an I/O error (the socket closed under it: a proxy cut it), or
+/// the server's FATAL "terminating connection" (SQLSTATE class 57P: an
+/// administrator's `pg_terminate_backend`, a shutdown, a crashed sibling),
+/// after which the server closes the connection.
+fn connection_lost(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|c| c.starts_with("57P")),
+        _ => false,
     }
 }
 
@@ -401,9 +437,9 @@ async fn run_once(conn: &mut PoolConnection<Postgres>, mut batch: Vec<Waiter>, k
             }
             Outcome::Answered
         }
-        Err(sqlx::Error::Io(e)) => {
+        Err(e) if connection_lost(&e) => {
             tracing::debug!(error = %e, waiting = batch.len(), "database connection lost; retrying the resolutions");
-            let error = SharedError::new(sqlx::Error::Io(e));
+            let error = SharedError::new(e);
             for waiter in &mut batch {
                 waiter.attempts += 1;
             }
