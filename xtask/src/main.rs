@@ -57,7 +57,16 @@ const WASM_TARGET: &str = "wasm32-wasip2";
 /// hashes differ between invocations that select different packages or
 /// targets. Building both binaries costs `build` the bench crate and its few
 /// own dependencies.
-const RELEASE_HOST: [&str; 8] = ["build", "--release", "-p", "idgate", "-p", "idgate-bench", "-p", "idgate-client"];
+const RELEASE_HOST: [&str; 8] = [
+    "build",
+    "--release",
+    "-p",
+    "idgate",
+    "-p",
+    "idgate-bench",
+    "-p",
+    "idgate-client",
+];
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
