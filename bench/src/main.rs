@@ -10,7 +10,9 @@
 //! sections (`statements`, `storm`, `throughput` — after a storm of its own —,
 //! `ceiling`, `reload`, `agent`) and prints their Markdown instead of
 //! writing `BENCHMARKS.md` (plugins must have been built). `sandbox` and
-//! `azure` (Azure's budget alone) need no PostgreSQL.
+//! `azure` (Azure's budget alone) need no PostgreSQL. `topology-report FILE`
+//! writes only BENCHMARKS.md's *Topology* section from the HA scenarios'
+//! figures (`cargo xtask bench --topology`).
 
 mod agent;
 mod azure_budget;
@@ -28,6 +30,7 @@ mod statements;
 mod stats;
 mod storm;
 mod throughput;
+mod topology_report;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -133,6 +136,12 @@ fn main() -> anyhow::Result<()> {
         plugin_dir: target.join("test-plugins"),
         root,
     };
+    // `-- topology-report FILE`: the Topology section from the HA scenarios'
+    // figures, spliced into BENCHMARKS.md (nothing else is measured).
+    if args.first().map(String::as_str) == Some("topology-report") {
+        let file = args.get(1).ok_or_else(|| anyhow::anyhow!("topology-report FILE"))?;
+        return topology_report::run(&env.root, std::path::Path::new(file));
+    }
     // `-- sandbox`: only the sandbox-costs section, printed (BENCHMARKS.md is left alone);
     // it needs no PostgreSQL.
     if args.first().map(String::as_str) == Some("sandbox") {

@@ -15,6 +15,8 @@
 //! - `test --topology [ARGS..]` installs the HA topology's Debian packages if
 //!   missing (etcd, Patroni, HAProxy) and runs only the topology scenarios
 //!   (`tests/it/topology.rs`, ignored by a plain `test`).
+//! - `bench --topology [ARGS..]` runs them from an empty figures file and
+//!   writes BENCHMARKS.md's *Topology* section from their figures.
 //! - `template` does only that last step.
 //! - `ci` checks formatting and lints, then runs `test`.
 //! - `bench` builds the plugins and runs the benchmarks (release), which write
@@ -337,6 +339,9 @@ fn variant(built: &Path, package: &str, features: &str, dest: &Path) -> Result {
 /// same features, so nothing is compiled twice), then run; extra arguments
 /// name sections.
 fn bench(extra: &[String]) -> Result {
+    if extra.first().is_some_and(|a| a == "--topology") {
+        return bench_topology(&extra[1..]);
+    }
     plugins(&[])?;
     cargo(&RELEASE_HOST)?;
     let binary = target_dir().join("release").join("idgate-bench");
@@ -350,6 +355,33 @@ fn bench(extra: &[String]) -> Result {
         Ok(())
     } else {
         Err(format!("the benchmarks failed ({status})"))
+    }
+}
+
+/// `bench --topology`: BENCHMARKS.md's *Topology* section from one run of
+/// the topology scenarios. The figures file is emptied first, so the section
+/// reports this run only; a failing scenario still leaves its figures, which
+/// are reported before the failure is.
+fn bench_topology(extra: &[String]) -> Result {
+    let figures = target_dir().join("topology").join("figures.jsonl");
+    if figures.exists() {
+        std::fs::write(&figures, "").map_err(|e| format!("cannot truncate {}: {e}", figures.display()))?;
+    }
+    let tests = test_topology(extra);
+    cargo(&RELEASE_HOST)?;
+    let binary = target_dir().join("release").join("idgate-bench");
+    eprintln!("+ {} topology-report {}", binary.display(), figures.display());
+    let status = Command::new(&binary)
+        .arg("topology-report")
+        .arg(&figures)
+        .current_dir(root())
+        .status()
+        .map_err(|e| format!("cannot run {}: {e}", binary.display()))?;
+    tests?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("the topology report failed ({status})"))
     }
 }
 
