@@ -2,6 +2,7 @@
 //! sandbox per test binary loaded with the real plugin components (and the
 //! misbehaving fixture) built by `cargo xtask plugins`.
 
+pub mod child;
 pub mod imds;
 pub mod pg;
 pub mod topology;

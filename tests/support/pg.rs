@@ -12,7 +12,6 @@
 //! the statements a database executed; [`counting_pool`] counts the protocol
 //! round trips a pool makes.
 
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -44,30 +43,6 @@ pub fn cluster() -> &'static Cluster {
     CLUSTER.get_or_init(|| start().unwrap_or_else(|e| panic!("starting the test PostgreSQL cluster: {e}")))
 }
 
-fn pid_alive(pid: i32) -> bool {
-    // SAFETY: signal 0 only probes for the process.
-    pid > 0 && unsafe { libc::kill(pid, 0) == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM) }
-}
-
-/// Removes data directories left by test processes that no longer run (their
-/// server stopped with them, but nothing deletes the files).
-fn remove_stale_dirs(tmp: &Path) {
-    let Ok(entries) = std::fs::read_dir(tmp) else { return };
-    for e in entries.flatten() {
-        let name = e.file_name();
-        let Some(pid) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix(DIR_PREFIX))
-            .and_then(|p| p.parse().ok())
-        else {
-            continue;
-        };
-        if !pid_alive(pid) {
-            let _ = std::fs::remove_dir_all(e.path());
-        }
-    }
-}
-
 fn has_pg_stat_statements(bin_dir: &Path) -> bool {
     let share = std::process::Command::new(bin_dir.join("pg_config"))
         .arg("--sharedir")
@@ -82,7 +57,7 @@ fn start() -> Result<Cluster> {
     let bin_dir = embedded::find_bin_dir()?;
     let user = embedded::server_user()?;
     let tmp = std::env::temp_dir();
-    remove_stale_dirs(&tmp);
+    crate::child::remove_stale_dirs(&tmp, DIR_PREFIX);
     let dir = tmp.join(format!("{DIR_PREFIX}{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     embedded::prepare_dir(&dir, user.as_ref())?;
@@ -146,19 +121,7 @@ fn spawn_server(bin_dir: &Path, dir: &Path, user: Option<ServerUser>) -> Result<
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
-    // SAFETY: prctl and getppid are async-signal-safe; nothing is allocated.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGINT as libc::c_ulong, 0, 0, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // The parent may have died before the prctl took effect.
-            if libc::getppid() == 1 {
-                return Err(std::io::Error::other("test process exited"));
-            }
-            Ok(())
-        });
-    }
+    crate::child::die_with_parent(&mut cmd, libc::SIGINT);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("postgres".into())

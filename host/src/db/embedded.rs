@@ -120,6 +120,19 @@ pub fn server_user() -> anyhow::Result<Option<ServerUser>> {
     }
 }
 
+/// The libpq variables that would redirect a PostgreSQL program (or one that
+/// runs them, as Patroni does) to another data directory, server or user:
+/// removed from every such child's environment.
+pub const LIBPQ_ENVIRONMENT: [&str; 7] = [
+    "PGDATA",
+    "PGPORT",
+    "PGHOST",
+    "PGUSER",
+    "PGDATABASE",
+    "PGOPTIONS",
+    "PGPASSWORD",
+];
+
 /// A command for one of the server binaries, run as `user` when given (the
 /// uid/gid switch happens in the child before exec) from `/` (the caller's
 /// working directory may not be readable by that user), without the `PG*`
@@ -127,15 +140,7 @@ pub fn server_user() -> anyhow::Result<Option<ServerUser>> {
 pub fn server_command(bin_dir: &Path, program: &str, user: Option<&ServerUser>) -> Command {
     let mut cmd = Command::new(bin_dir.join(program));
     cmd.current_dir("/");
-    for var in [
-        "PGDATA",
-        "PGPORT",
-        "PGHOST",
-        "PGUSER",
-        "PGDATABASE",
-        "PGOPTIONS",
-        "PGPASSWORD",
-    ] {
+    for var in LIBPQ_ENVIRONMENT {
         cmd.env_remove(var);
     }
     if let Some(u) = user {

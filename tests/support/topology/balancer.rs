@@ -14,11 +14,11 @@
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::{find_command, free_ports, http, spawn_logged, stop, BoxError, Topology};
+use super::process::start_haproxy;
+use super::{free_ports, http, stop, BoxError, Topology};
 
 /// The balancer's health-check interval (`inter`), milliseconds.
 pub const CHECK_INTERVAL_MS: u64 = 250;
@@ -53,24 +53,11 @@ impl Topology {
 
 impl Balancer {
     fn start(topo: &Topology, backends: &[u16]) -> Result<Balancer, BoxError> {
-        let haproxy = find_command("haproxy").ok_or("no haproxy command")?;
         let ports = free_ports(2)?;
         let (port, stats_port) = (ports[0], ports[1]);
         let config = topo.dir().join(format!("balancer-{port}.cfg"));
-        std::fs::write(&config, config_text(port, stats_port, backends))?;
-        let check = Command::new(&haproxy)
-            .arg("-c")
-            .arg("-q")
-            .arg("-f")
-            .arg(&config)
-            .output()?;
-        if !check.status.success() {
-            return Err(format!("haproxy -c: {}", String::from_utf8_lossy(&check.stderr)).into());
-        }
         let log = topo.dir().join(format!("balancer-{port}.log"));
-        let mut cmd = Command::new(haproxy);
-        cmd.arg("-db").arg("-f").arg(&config);
-        let child = spawn_logged(cmd, &log, None)?;
+        let child = start_haproxy(&config, &config_text(port, stats_port, backends), &log)?;
         let balancer = Balancer {
             port,
             stats_port,

@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
+use super::process::start_haproxy;
 use super::{
     find_command, spawn_logged, BoxError, Topology, REPLICATION_PASSWORD, REWIND_PASSWORD, SCOPE, SUPERUSER_PASSWORD,
 };
@@ -51,15 +52,7 @@ impl Topology {
         cmd.arg(node.dir.join("patroni.yml"))
             .current_dir(&node.dir)
             .env("HOME", &node.dir);
-        for var in [
-            "PGDATA",
-            "PGPORT",
-            "PGHOST",
-            "PGUSER",
-            "PGDATABASE",
-            "PGOPTIONS",
-            "PGPASSWORD",
-        ] {
+        for var in idgate::db::embedded::LIBPQ_ENVIRONMENT {
             cmd.env_remove(var);
         }
         if let Some(u) = &self.user {
@@ -75,21 +68,8 @@ impl Topology {
     }
 
     pub(super) fn spawn_haproxy(&self) -> Result<(), BoxError> {
-        let haproxy = find_command("haproxy").ok_or("no haproxy command")?;
         let config = self.dir.join("haproxy.cfg");
-        std::fs::write(&config, self.haproxy_config())?;
-        let check = Command::new(&haproxy)
-            .arg("-c")
-            .arg("-q")
-            .arg("-f")
-            .arg(&config)
-            .output()?;
-        if !check.status.success() {
-            return Err(format!("haproxy -c: {}", String::from_utf8_lossy(&check.stderr)).into());
-        }
-        let mut cmd = Command::new(haproxy);
-        cmd.arg("-db").arg("-f").arg(&config);
-        let child = spawn_logged(cmd, &self.dir.join("haproxy.log"), None)?;
+        let child = start_haproxy(&config, &self.haproxy_config(), &self.dir.join("haproxy.log"))?;
         self.state.lock().unwrap().haproxy = Some(child);
         Ok(())
     }

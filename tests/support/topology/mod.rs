@@ -66,7 +66,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use idgate::db::embedded::{self, ServerUser};
-use process::{block_on, http, is_postgres, postmaster_pid, remove_stale_dirs, wait_or_kill};
+use process::{block_on, http, is_postgres, postmaster_pid, wait_or_kill};
 use serde_json::Value;
 
 /// Password of the PostgreSQL superuser `postgres` (TCP connections use
@@ -229,7 +229,7 @@ impl Topology {
     fn spawn(options: Options) -> Result<Topology, BoxError> {
         static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let tmp = std::env::temp_dir();
-        remove_stale_dirs(&tmp);
+        crate::child::remove_stale_dirs(&tmp, DIR_PREFIX);
         let seq = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = tmp.join(format!("{DIR_PREFIX}{}-{seq}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);

@@ -4,7 +4,6 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -14,7 +13,7 @@ use std::time::{Duration, Instant};
 use idgate::db::embedded::ServerUser;
 use sqlx::{Connection, PgConnection};
 
-use super::{BoxError, DIR_PREFIX};
+use super::BoxError;
 
 /// SIGTERM, wait up to `grace`, then SIGKILL.
 pub fn stop(child: Child, grace: Duration) {
@@ -46,29 +45,23 @@ pub(super) fn is_postgres(pid: i32) -> bool {
     std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.windows(8).any(|w| w == b"postgres"))
 }
 
-pub(super) fn pid_alive(pid: i32) -> bool {
-    // SAFETY: signal 0 only probes for the process.
-    pid > 0 && unsafe { libc::kill(pid, 0) == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM) }
-}
-
-/// Removes directories of test processes that no longer run (their
-/// processes went with them by the parent-death signal).
-pub(super) fn remove_stale_dirs(tmp: &Path) {
-    let Ok(entries) = std::fs::read_dir(tmp) else { return };
-    for e in entries.flatten() {
-        let name = e.file_name();
-        let Some(pid) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix(DIR_PREFIX))
-            .and_then(|rest| rest.split('-').next())
-            .and_then(|p| p.parse().ok())
-        else {
-            continue;
-        };
-        if !pid_alive(pid) {
-            let _ = std::fs::remove_dir_all(e.path());
-        }
+/// Writes `text` to `config`, has HAProxy check it (`-c`), then runs HAProxy
+/// on it in the foreground (`-db`), logging to `log`.
+pub(super) fn start_haproxy(config: &Path, text: &str, log: &Path) -> Result<Child, BoxError> {
+    let haproxy = super::find_command("haproxy").ok_or("no haproxy command")?;
+    std::fs::write(config, text)?;
+    let check = Command::new(&haproxy)
+        .arg("-c")
+        .arg("-q")
+        .arg("-f")
+        .arg(config)
+        .output()?;
+    if !check.status.success() {
+        return Err(format!("haproxy -c: {}", String::from_utf8_lossy(&check.stderr)).into());
     }
+    let mut cmd = Command::new(haproxy);
+    cmd.arg("-db").arg("-f").arg(config);
+    spawn_logged(cmd, log, None)
 }
 
 /// `n` distinct TCP ports free on 127.0.0.1 now (bound together, then
@@ -89,19 +82,8 @@ pub fn spawn_logged(mut cmd: Command, log: &Path, user: Option<&ServerUser>) -> 
         std::os::unix::fs::chown(log, Some(u.uid), Some(u.gid))?;
     }
     cmd.stdin(Stdio::null()).stdout(file.try_clone()?).stderr(file);
-    // SAFETY: prctl and getppid are async-signal-safe; nothing is allocated.
-    // The closure runs after the uid switch, which would clear the signal.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong, 0, 0, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if libc::getppid() == 1 {
-                return Err(std::io::Error::other("test process exited"));
-            }
-            Ok(())
-        });
-    }
+    // After the uid switch is configured (`pre_exec` runs after it).
+    crate::child::die_with_parent(&mut cmd, libc::SIGTERM);
     type Request = (Command, mpsc::Sender<std::io::Result<Child>>);
     static SPAWNER: OnceLock<Mutex<mpsc::Sender<Request>>> = OnceLock::new();
     let spawner = SPAWNER.get_or_init(|| {
