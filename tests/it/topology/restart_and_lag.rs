@@ -98,7 +98,7 @@ async fn lagging_standby_answers_the_previous_build_until_replay_resumes() {
     let traffic = Traffic::start(&fleet.balancer.url(), CLIENTS, PAUSE);
     tokio::time::sleep(Duration::from_secs(1)).await;
 
-    let standbys = topo.replicas();
+    let standbys = topo.standbys();
     for &s in &standbys {
         topo.pause_replay(s).await;
     }

@@ -64,7 +64,7 @@ async fn writes_survive_a_primary_failover() {
     assert_eq!(wait_for_value(&topo.replica_url(), 1).await, "before");
 
     // A standby whose replay is paused keeps answering with what it had.
-    let replicas = topo.replicas();
+    let replicas = topo.standbys();
     let (lagging, other) = (replicas[0], replicas[1]);
     topo.pause_replay(lagging).await;
     sqlx::query("INSERT INTO smoke VALUES (3, 'while paused')")

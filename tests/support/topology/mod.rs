@@ -338,6 +338,24 @@ impl Topology {
         (0..self.nodes.len()).find(|&i| self.answers(i, "/primary"))
     }
 
+    /// Every node but the current primary: after [`Topology::start`] (which
+    /// waits until the primary streams to all of them) these are the
+    /// standbys. Unlike [`Topology::replicas`] it does not depend on each
+    /// standby's `/replica` check passing at this very moment (Patroni's REST
+    /// answer can miss one while it catches up, which made a test pick one
+    /// standby of two).
+    pub fn standbys(&self) -> Vec<usize> {
+        // The primary's own REST answer may miss a beat too: ask for 5 s.
+        let primary = (0..50).find_map(|_| {
+            self.primary().or_else(|| {
+                std::thread::sleep(Duration::from_millis(100));
+                None
+            })
+        });
+        let primary = primary.expect("no node answered /primary for 5 s");
+        (0..self.nodes.len()).filter(|&i| i != primary).collect()
+    }
+
     /// The nodes running as streaming standbys now (`/replica` answers 200).
     pub fn replicas(&self) -> Vec<usize> {
         (0..self.nodes.len()).filter(|&i| self.answers(i, "/replica")).collect()
