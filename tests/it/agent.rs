@@ -4,31 +4,18 @@
 //! PostgreSQL — the "done when", run as an operator would.
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
 use idgate::api::ApiLimits;
 use idgate_tests::pg::fresh_database;
 use idgate_tests::{read_data, sandbox};
 
-use crate::http::{register, serve_binary, serve_router};
+use crate::http::{register, serve_binary, serve_router, workspace_binary};
 use crate::reload::{cluster_mount, plugin, pod_token, Live, AWS_INSTANCE};
-
-/// The `idgate-agent` binary `cargo xtask test` builds beside the test binary.
-fn agent_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().unwrap().parent().unwrap().join("idgate-agent");
-    assert!(
-        bin.is_file(),
-        "{} is missing: build it (cargo xtask test does)",
-        bin.display()
-    );
-    bin
-}
 
 /// `idgate-agent token ARGS`, with no `CODER_AGENT_*` from the test's own environment.
 fn agent(args: &[&str]) -> Command {
-    let mut cmd = Command::new(agent_binary());
+    let mut cmd = Command::new(workspace_binary("idgate-agent"));
     cmd.arg("token")
         .args(args)
         .env_remove("CODER_AGENT_NAME")

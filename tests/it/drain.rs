@@ -81,12 +81,7 @@ async fn sigterm_fails_readyz_and_serves_with_connection_close_until_the_drain_e
     sigterm(&served);
     let body = wait_for_draining(&served.base).await;
     assert!(body.contains("draining"), "{body}");
-    let metrics = reqwest::get(format!("{}/metrics", served.base))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = crate::mounts::get_text(&reqwest::Client::new(), &format!("{}/metrics", served.base)).await;
     assert!(metrics.contains("\nidgate_draining 1\n"), "{metrics}");
 
     // `post` opens a connection of its own: accepted during the drain.

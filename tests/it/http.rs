@@ -27,9 +27,15 @@ use crate::gcp::test_keys;
 
 /// The `idgate` binary `cargo xtask test` builds beside the test binary.
 pub(crate) fn idgate_binary() -> PathBuf {
-    // target/debug/deps/it-<hash> → target/debug/idgate
+    workspace_binary("idgate")
+}
+
+/// A binary of the workspace (`idgate`, `idgate-agent`), which `cargo xtask
+/// test` builds beside the test binary.
+pub(crate) fn workspace_binary(name: &str) -> PathBuf {
+    // target/debug/deps/it-<hash> → target/debug/<name>
     let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().unwrap().parent().unwrap().join("idgate");
+    let bin = exe.parent().unwrap().parent().unwrap().join(name);
     assert!(
         bin.is_file(),
         "{} is missing: build it (cargo xtask test does)",
