@@ -56,7 +56,8 @@ pub const DEFAULT_STALE_GRACE: Duration = Duration::from_secs(3600);
 pub(crate) const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest JWKS accepted; Google's is about 2 KiB.
 pub(crate) const MAX_JWKS_BYTES: usize = 256 * 1024;
-/// Lifetime of a response without cache headers, and of a file's contents.
+/// Lifetime of a response without cache headers (a key file's set never
+/// expires: it is replaced only by a reload).
 pub(crate) const DEFAULT_TTL: Duration = Duration::from_secs(300);
 /// Bounds on a lifetime taken from the headers: at least a second so a
 /// `no-cache` server is not fetched for every request; at most a day.
