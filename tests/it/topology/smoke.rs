@@ -16,25 +16,28 @@ async fn connect(url: &str) -> PgConnection {
 }
 
 /// Row `id`'s value through a new connection to `url`, if there.
-async fn value(url: &str, id: i32) -> Option<String> {
-    let mut c = connect(url).await;
+async fn value(url: &str, id: i32) -> Result<Option<String>, sqlx::Error> {
+    let mut c = PgConnection::connect(url).await?;
     let row: Option<(String,)> = sqlx::query_as("SELECT v FROM smoke WHERE id = $1")
         .bind(id)
         .fetch_optional(&mut c)
-        .await
-        .unwrap();
+        .await?;
     let _ = c.close().await;
-    row.map(|(v,)| v)
+    Ok(row.map(|(v,)| v))
 }
 
-/// Row `id`'s value at `url`, waiting for it to be replayed there.
+/// Row `id`'s value at `url`, waiting for it to be replayed there. A node
+/// that refuses connections for a moment (Patroni restarting it) is waited
+/// for too; the last error is in the panic.
 async fn wait_for_value(url: &str, id: i32) -> String {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        if let Some(v) = value(url, id).await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "row {id} never reached {url}");
+        let last = match value(url, id).await {
+            Ok(Some(v)) => return v,
+            Ok(None) => "not there yet".to_string(),
+            Err(e) => e.to_string(),
+        };
+        assert!(Instant::now() < deadline, "row {id} never reached {url}: {last}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -76,7 +79,10 @@ async fn writes_survive_a_primary_failover() {
         "while paused"
     );
     tokio::time::sleep(Duration::from_secs(2)).await; // two Patroni cycles: it must not resume
-    assert_eq!(value(&topo.url(Endpoint::Node(lagging), "postgres"), 3).await, None);
+    assert_eq!(
+        value(&topo.url(Endpoint::Node(lagging), "postgres"), 3).await.unwrap(),
+        None
+    );
     topo.resume_replay(lagging).await;
     assert_eq!(
         wait_for_value(&topo.url(Endpoint::Node(lagging), "postgres"), 3).await,

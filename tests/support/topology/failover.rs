@@ -98,28 +98,81 @@ impl Topology {
     }
 
     /// Waits until node `node` runs as a standby streaming from the primary
-    /// and is up behind the `replica` frontend (one HAProxy check later).
+    /// on the primary's timeline, has done so for two Patroni cycles, and is
+    /// up behind the `replica` frontend (one HAProxy check later).
+    ///
+    /// A killed primary coming back may start as a standby, show up in the
+    /// primary's `pg_stat_replication` and pass Patroni's `/replica` check,
+    /// and only then be stopped by Patroni for `pg_rewind` once it sees the
+    /// timelines diverged (a CI run caught the node refusing connections right
+    /// after this returned). So the node must stream on the primary's
+    /// timeline, seen from both ends, at every probe over two `loop_wait`s.
+    /// Panics (with the logs) after `timeout`.
     pub async fn wait_for_replica(&self, node: usize, timeout: Duration) {
         let deadline = Instant::now() + timeout;
+        let settle = Duration::from_secs(2 * u64::from(self.options.loop_wait.max(1)));
+        let mut since: Option<Instant> = None;
+        let mut last = String::from("not probed");
         loop {
-            let port = self.nodes[node].rest_port;
-            let ok = tokio::task::spawn_blocking(move || http(port, "OPTIONS", "/replica", None))
-                .await
-                .expect("REST probe");
-            let streaming = self.primary().and_then(|p| self.patroni_status(p)).is_some_and(|s| {
-                s["replication"]
-                    .as_array()
-                    .is_some_and(|r| r.iter().any(|c| c["application_name"] == format!("node{node}")))
-            });
-            if matches!(ok, Ok((200, _))) && streaming {
-                tokio::time::sleep(Duration::from_millis(2 * u64::from(self.options.check_interval_ms))).await;
-                return;
+            match self.streams_on_primary_timeline(node).await {
+                Ok(()) => {
+                    let first = *since.get_or_insert_with(Instant::now);
+                    if first.elapsed() >= settle {
+                        tokio::time::sleep(Duration::from_millis(2 * u64::from(self.options.check_interval_ms))).await;
+                        return;
+                    }
+                }
+                Err(why) => {
+                    since = None;
+                    last = why;
+                }
             }
             if Instant::now() > deadline {
-                panic!("node{node} is no streaming standby after {timeout:?}\n{}", self.logs());
+                panic!(
+                    "node{node} is no streaming standby after {timeout:?} (last: {last})\n{}",
+                    self.logs()
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Whether node `node` streams from the current primary on its timeline:
+    /// Patroni's `/replica` answers 200, the primary lists the node as
+    /// `streaming`, and the node's WAL receiver streams the primary's
+    /// timeline. The error says which part failed.
+    async fn streams_on_primary_timeline(&self, node: usize) -> Result<(), String> {
+        let port = self.nodes[node].rest_port;
+        let rest = tokio::task::spawn_blocking(move || http(port, "OPTIONS", "/replica", None))
+            .await
+            .expect("REST probe");
+        if !matches!(rest, Ok((200, _))) {
+            return Err(format!("/replica answered {rest:?}"));
+        }
+        let primary = self.primary().ok_or("no primary")?;
+        let status = self.patroni_status(primary).ok_or("no status from the primary")?;
+        let listed = status["replication"].as_array().is_some_and(|r| {
+            r.iter()
+                .any(|c| c["application_name"] == format!("node{node}") && c["state"] == "streaming")
+        });
+        if !listed {
+            return Err(format!("node{primary} does not list node{node} as streaming"));
+        }
+        let timeline = "SELECT (('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int)::text";
+        let primary_tli = sql_text(&self.url(Endpoint::Node(primary), "postgres"), timeline)
+            .await
+            .map_err(|e| format!("primary's timeline: {e}"))?;
+        let receiver = "SELECT coalesce((SELECT received_tli::text FROM pg_stat_wal_receiver \
+                        WHERE status = 'streaming'), 'none')";
+        let node_tli = sql_text(&self.url(Endpoint::Node(node), "postgres"), receiver)
+            .await
+            .map_err(|e| format!("node{node}'s WAL receiver: {e}"))?;
+        if node_tli != primary_tli {
+            return Err(format!(
+                "node{node} streams timeline {node_tli}, the primary is on {primary_tli}"
+            ));
+        }
+        Ok(())
     }
 
     /// Pauses WAL replay on standby `node` (`pg_wal_replay_pause()`), so it
