@@ -193,14 +193,16 @@ fn configured_roots_are_listed_as_configured() {
 // Issuers fetched through the host, from a loopback server standing in for
 // Microsoft's.
 
-/// A loopback HTTP server with fixed bodies by path, counting requests.
-struct IssuerServer {
+/// A loopback HTTP server with fixed bodies by path, counting requests (to
+/// each known path, and to all others, which get 404).
+pub(crate) struct IssuerServer {
     base: String,
     hits: Arc<HashMap<String, AtomicUsize>>,
+    others: Arc<AtomicUsize>,
 }
 
 impl IssuerServer {
-    async fn start(bodies: Vec<(&str, Vec<u8>)>) -> IssuerServer {
+    pub(crate) async fn start(bodies: Vec<(&str, Vec<u8>)>) -> IssuerServer {
         let hits: Arc<HashMap<String, AtomicUsize>> = Arc::new(
             bodies
                 .iter()
@@ -209,13 +211,15 @@ impl IssuerServer {
         );
         let bodies: Arc<HashMap<String, Vec<u8>>> =
             Arc::new(bodies.into_iter().map(|(p, b)| (p.to_string(), b)).collect());
-        let counted = hits.clone();
+        let others = Arc::new(AtomicUsize::new(0));
+        let (counted, missed) = (hits.clone(), others.clone());
         let app = axum::Router::new().fallback(move |uri: axum::http::Uri| {
-            let (bodies, hits) = (bodies.clone(), counted.clone());
+            let (bodies, hits, missed) = (bodies.clone(), counted.clone(), missed.clone());
             async move {
-                if let Some(n) = hits.get(uri.path()) {
-                    n.fetch_add(1, Ordering::SeqCst);
-                }
+                match hits.get(uri.path()) {
+                    Some(n) => n.fetch_add(1, Ordering::SeqCst),
+                    None => missed.fetch_add(1, Ordering::SeqCst),
+                };
                 match bodies.get(uri.path()) {
                     Some(b) => (axum::http::StatusCode::OK, b.clone()),
                     None => (axum::http::StatusCode::NOT_FOUND, Vec::new()),
@@ -228,15 +232,21 @@ impl IssuerServer {
         IssuerServer {
             base: format!("http://{addr}"),
             hits,
+            others,
         }
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
 
-    fn hits(&self, path: &str) -> usize {
+    pub(crate) fn hits(&self, path: &str) -> usize {
         self.hits[path].load(Ordering::SeqCst)
+    }
+
+    /// Requests to paths it has no body for.
+    pub(crate) fn others(&self) -> usize {
+        self.others.load(Ordering::SeqCst)
     }
 }
 

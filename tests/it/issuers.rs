@@ -4,9 +4,6 @@
 //! issued by an intermediate no store holds, so every genuine request depends
 //! on the fetched issuer.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use idgate::issuers::HOST_FETCHES_PER_WINDOW;
@@ -14,46 +11,11 @@ use idgate_tests::pg::fresh_database;
 use serde_json::{json, Value};
 
 use crate::azure::{document, TestCa};
-use crate::azure_trust::leaf_with_aia;
+use crate::azure_trust::{leaf_with_aia, IssuerServer};
 use crate::http::{add_agent_cli, idgate, post, serve_command, Served};
 
 /// The vmId of [`document`].
 const VM_ID: &str = "11111111-2222-3333-4444-555555555555";
-
-/// A loopback server answering `/inter.crt` with the genuine intermediate and
-/// 404 for anything else, counting both.
-struct StandIn {
-    base: String,
-    genuine: Arc<AtomicUsize>,
-    others: Arc<AtomicUsize>,
-}
-
-impl StandIn {
-    async fn start(intermediate: Vec<u8>) -> StandIn {
-        let (genuine, others) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-        let (g, o) = (genuine.clone(), others.clone());
-        let app = axum::Router::new().fallback(move |uri: axum::http::Uri| {
-            let (body, g, o) = (intermediate.clone(), g.clone(), o.clone());
-            async move {
-                if uri.path() == "/inter.crt" {
-                    g.fetch_add(1, Ordering::SeqCst);
-                    (axum::http::StatusCode::OK, body)
-                } else {
-                    o.fetch_add(1, Ordering::SeqCst);
-                    (axum::http::StatusCode::NOT_FOUND, Vec::new())
-                }
-            }
-        });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        StandIn {
-            base: format!("http://{addr}"),
-            genuine,
-            others,
-        }
-    }
-}
 
 /// The request body of an Azure agent whose signer is `leaf`, at the real time.
 fn azure_request(leaf: &TestCa) -> String {
@@ -72,8 +34,8 @@ async fn clients_naming_issuer_urls_cannot_starve_a_genuine_agent() {
     let db = fresh_database().await;
     let root = TestCa::root("idgate starved root");
     let inter = root.issue_ca("idgate starved intermediate", 1, true);
-    let stand_in = StandIn::start(inter.der.clone()).await;
-    let genuine = leaf_with_aia(&inter, &format!("{}/inter.crt", stand_in.base));
+    let issuer_host = IssuerServer::start(vec![("/inter.crt", inter.der.clone())]).await;
+    let genuine = leaf_with_aia(&inter, &issuer_host.url("/inter.crt"));
     // The attacker's own CA: its name is in no store, so the plugin asks the
     // host for whatever URLs the attacker's leaf names.
     let attacker = TestCa::root("idgate attacker root").issue_ca("idgate attacker ca", 1, true);
@@ -95,7 +57,7 @@ async fn clients_naming_issuer_urls_cannot_starve_a_genuine_agent() {
     // The genuine issuer is fetched and cached.
     let (status, body, _) = post(&served.base, "azure-instance-identity", azure_request(&genuine)).await;
     assert_eq!((status, &body), (200, &accepted));
-    assert_eq!(stand_in.genuine.load(Ordering::SeqCst), 1);
+    assert_eq!(issuer_host.hits("/inter.crt"), 1);
 
     // More URLs on hosts off the list than the old cache held (256).
     for i in 0..300 {
@@ -105,16 +67,16 @@ async fn clients_naming_issuer_urls_cannot_starve_a_genuine_agent() {
     }
     // URLs on the allowed host, past its budget.
     for i in 0..HOST_FETCHES_PER_WINDOW + 10 {
-        let leaf = leaf_with_aia(&attacker, &format!("{}/spam-{i}.crt", stand_in.base));
+        let leaf = leaf_with_aia(&attacker, &issuer_host.url(&format!("/spam-{i}.crt")));
         let (status, _, _) = post(&served.base, "azure-instance-identity", azure_request(&leaf)).await;
         assert_eq!(status, 401);
     }
-    assert!(stand_in.others.load(Ordering::SeqCst) <= HOST_FETCHES_PER_WINDOW + 10);
+    assert!(issuer_host.others() <= HOST_FETCHES_PER_WINDOW + 10);
 
     // The genuine agent is still accepted, from the cache.
     let (status, body, _) = post(&served.base, "azure-instance-identity", azure_request(&genuine)).await;
     assert_eq!((status, &body), (200, &accepted));
-    assert_eq!(stand_in.genuine.load(Ordering::SeqCst), 1, "served from the cache");
+    assert_eq!(issuer_host.hits("/inter.crt"), 1, "served from the cache");
 
     let logs = stop(served);
     let refusals: Vec<Value> = logs
