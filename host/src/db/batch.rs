@@ -320,7 +320,7 @@ fn take_older_than(key: usize, asked: Instant) -> Vec<Waiter> {
 /// [`ATTEMPTS`]). A shared statement that fails otherwise is run again for
 /// each instance ID alone, so one request's bad ID fails only its own.
 async fn run(conn: &mut PoolConnection<Postgres>, batch: Vec<Waiter>, key: usize) -> bool {
-    let shared = batch.iter().any(|w| w.instance_id != batch[0].instance_id);
+    let shared = !one_instance(&batch);
     match run_once(conn, batch, key).await {
         Outcome::Answered => true,
         Outcome::ConnectionLost => false,
@@ -349,6 +349,12 @@ async fn run(conn: &mut PoolConnection<Postgres>, batch: Vec<Waiter>, key: usize
             true
         }
     }
+}
+
+/// Whether every waiter of `batch` asks for the same instance ID: the
+/// single-ID statement answers them, and nobody else's ID can fail it.
+fn one_instance(batch: &[Waiter]) -> bool {
+    batch.iter().all(|w| w.instance_id == batch[0].instance_id)
 }
 
 /// Whether `e` means the connection is gone, so the statement may run again
@@ -393,7 +399,7 @@ fn requeue(key: usize, waiters: Vec<Waiter>) {
 /// Runs one statement for `batch` and answers each waiter if it succeeds.
 async fn run_once(conn: &mut PoolConnection<Postgres>, mut batch: Vec<Waiter>, key: usize) -> Outcome {
     let started = Instant::now();
-    let rows = if batch.len() == 1 || batch.iter().all(|w| w.instance_id == batch[0].instance_id) {
+    let rows = if one_instance(&batch) {
         // One instance ID: the single-ID statement, as for a lone request.
         fetch_one(conn, &batch[0].instance_id)
             .await
