@@ -29,9 +29,9 @@
 
 mod image;
 mod template;
-// Standard library only, shared with the tests' support crate.
+// Debian packages installed when missing; standard library only, shared with the tests' support crate.
 #[path = "../../tests/support/topology/packages.rs"]
-mod topology_packages;
+mod packages;
 mod wasi_stubs;
 
 use std::path::{Path, PathBuf};
@@ -258,15 +258,7 @@ fn ensure_postgres() -> Result {
     let on_path = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).any(|d| d.join("initdb").is_file() && d.join("postgres").is_file()))
         .unwrap_or(false);
-    let packaged = std::fs::read_dir("/usr/lib/postgresql")
-        .map(|dirs| {
-            dirs.flatten()
-                .find(|d| d.path().join("bin/initdb").is_file())
-                .map(|d| d.path().join("bin"))
-        })
-        .ok()
-        .flatten();
-    match (on_path, packaged) {
+    match (on_path, packaged_postgres_bin()) {
         (true, _) => Ok(()),
         (false, Some(dir)) => {
             eprintln!("xtask: PostgreSQL server binaries in {}", dir.display());
@@ -277,6 +269,16 @@ fn ensure_postgres() -> Result {
              `bash .ci/run` does it) and run again"
             .into()),
     }
+}
+
+/// A Debian-packaged PostgreSQL's server binaries: the first
+/// `/usr/lib/postgresql/*/bin` holding `initdb`.
+fn packaged_postgres_bin() -> Option<PathBuf> {
+    std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .flatten()
+        .map(|d| d.path().join("bin"))
+        .find(|bin| bin.join("initdb").is_file())
 }
 
 /// `target/test-plugins-faulty/aws.wasm`: the misbehaving fixture answering as
@@ -435,7 +437,7 @@ fn test(extra: &[String]) -> Result {
 /// at a time: each starts its own topology and times failovers and
 /// latencies, which a second one on the same cores would skew.
 fn test_topology(extra: &[String]) -> Result {
-    topology_packages::ensure_packages()?;
+    packages::ensure_packages()?;
     ensure_postgres()?;
     plugins(&[])?;
     // As `test`: the `idgate` binary and the test targets in one resolution.

@@ -55,7 +55,7 @@ mod packages;
 mod process;
 
 pub use balancer::Balancer;
-pub use packages::{ensure_packages, find_command, missing_packages, PACKAGES};
+pub use packages::{ensure_packages, find_command, PACKAGES};
 pub use process::{free_ports, server_port_and_recovery, spawn_logged, stop};
 
 use std::collections::BTreeSet;

@@ -1,7 +1,8 @@
-//! The Debian packages the HA topology runs on, installed when missing.
+//! Debian packages installed when missing: the ones the HA topology runs on,
+//! and (through `xtask`) the container tools `cargo xtask image` needs.
 //!
 //! Standard library only, so that `xtask` can compile this file into itself
-//! (`#[path = "../../tests/support/topology/packages.rs"] mod topology_packages;`)
+//! (`#[path = "../../tests/support/topology/packages.rs"] mod packages;`)
 //! without depending on the test support crate.
 
 use std::path::{Path, PathBuf};
@@ -26,46 +27,52 @@ fn is_executable(p: &Path) -> bool {
     std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
-/// The packages of [`PACKAGES`] whose command is not installed.
-pub fn missing_packages() -> Vec<&'static str> {
-    PACKAGES
+/// The packages of `wanted` (`(package, command)` pairs) whose command is not installed.
+fn missing<'a>(wanted: &[(&'a str, &str)]) -> Vec<&'a str> {
+    wanted
         .iter()
         .filter(|(_, command)| find_command(command).is_none())
         .map(|(package, _)| *package)
         .collect()
 }
 
-/// Installs whichever of [`PACKAGES`] are missing with
-/// `apt-get install -y -qq` (non-interactive), running `apt-get update` first
-/// when the first attempt fails (a fresh machine has no package lists).
-/// Does nothing when all are present. Needs root to install; as another user,
-/// a missing package is an error that says what to install.
+/// Installs whichever of [`PACKAGES`] are missing ([`ensure_installed`]).
 ///
 /// The packages start no service here (nothing listens on their default
 /// ports where `policy-rc.d` forbids it, as in containers); the topology uses
 /// ports of its own anyway.
 pub fn ensure_packages() -> Result<(), String> {
+    ensure_installed(&PACKAGES, "the HA topology")
+}
+
+/// Installs the packages of `wanted` (`(package, command)` pairs) whose
+/// command is missing, with `apt-get install -y -qq` (non-interactive),
+/// running `apt-get update` first when the first attempt fails (a fresh
+/// machine has no package lists). Does nothing when all are present. Needs
+/// root to install; as another user, a missing package is an error that says
+/// what `needed_by` needs.
+pub fn ensure_installed(wanted: &[(&str, &str)], needed_by: &str) -> Result<(), String> {
     // Two callers in one process would race on dpkg's lock.
     static LOCK: Mutex<()> = Mutex::new(());
     let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let missing = missing_packages();
+    let missing = missing(wanted);
     if missing.is_empty() {
         return Ok(());
     }
     // SAFETY: geteuid has no preconditions (declared here to stay std-only).
     if unsafe { geteuid() } != 0 {
         return Err(format!(
-            "the HA topology needs {} (`apt-get install {}` as root)",
+            "{needed_by} needs {} (`apt-get install {}` as root)",
             missing.join(", "),
             missing.join(" ")
         ));
     }
-    eprintln!("topology: installing {}", missing.join(" "));
+    eprintln!("installing {} for {needed_by}", missing.join(" "));
     if apt_install(&missing).is_err() {
         apt(&["update", "-qq"])?;
         apt_install(&missing)?;
     }
-    let still = missing_packages();
+    let still = self::missing(wanted);
     if still.is_empty() {
         Ok(())
     } else {
@@ -85,6 +92,8 @@ fn apt_install(packages: &[&str]) -> Result<(), String> {
 
 fn apt(args: &[&str]) -> Result<(), String> {
     let status = Command::new("apt-get")
+        // Another apt-get (a colleague's, CI's) may hold the lock: wait for it rather than fail.
+        .args(["-o", "DPkg::Lock::Timeout=600"])
         .args(args)
         .env("DEBIAN_FRONTEND", "noninteractive")
         .status()

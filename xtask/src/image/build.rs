@@ -4,13 +4,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use super::{
-    buildah, copy_file, ensure_commands, make_dir, output, run_status, set_owner_mode, storage_flags, write_file,
-    Image, Options, BINARY, CACHE_DIR, CONFIG_DIR, PLUGIN_DIR, PORT, UID,
+    buildah, copy_file, make_dir, output, run_status, set_owner_mode, storage_flags, write_file, Image, Options,
+    BINARY, CACHE_DIR, CONFIG_DIR, PLUGIN_DIR, PORT, UID,
 };
 use crate::{cargo, plugins, root, target_dir, Result, RELEASE_HOST};
 
 pub(super) fn make_image(options: &Options) -> Result<Image> {
-    ensure_commands(&[("buildah", "buildah")])?;
+    crate::packages::ensure_installed(&[("buildah", "buildah")], "building the image")?;
     if options.build {
         plugins(&[])?;
         cargo(&RELEASE_HOST)?;

@@ -119,7 +119,7 @@ fn test_image(image: &Image, options: &Options) -> Result {
     let storage = storage_flags()?;
     check_config(&storage, image)?;
     check_files(&storage, image)?;
-    ensure_commands(&[("podman", "podman"), ("runc", "runc")])?;
+    crate::packages::ensure_installed(&[("podman", "podman"), ("runc", "runc")], "the image's run test")?;
     match find_runner(&storage, &image.name)? {
         Err(refusals) => Err(format!(
             "the image's contents and configuration check out, but this machine refuses to run a \
@@ -130,42 +130,6 @@ fn test_image(image: &Image, options: &Options) -> Result {
 }
 
 // ---- tools ----------------------------------------------------------------------------
-
-/// Installs the Debian packages providing the commands that are missing (as root, with
-/// apt-get), so a fresh machine needs nothing done by hand; elsewhere, says what to install.
-fn ensure_commands(wanted: &[(&str, &str)]) -> Result {
-    let missing: Vec<&str> = wanted
-        .iter()
-        .filter(|(command, _)| !on_path(command))
-        .map(|(_, package)| *package)
-        .collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    if !Path::new("/usr/bin/apt-get").is_file() || output(Command::new("id").arg("-u"))?.trim() != "0" {
-        return Err(format!(
-            "missing: {} (install the packages and run again)",
-            missing.join(", ")
-        ));
-    }
-    eprintln!("xtask: installing {} with apt-get", missing.join(", "));
-    // Another apt-get (a colleague's, CI's) may hold the lock: wait for it rather than fail.
-    let lock = ["-o", "DPkg::Lock::Timeout=600"];
-    run_status(Command::new("apt-get").args(lock).args(["update", "-qq"]))?;
-    run_status(
-        Command::new("apt-get")
-            .args(lock)
-            .args(["install", "-y", "-qq"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
-}
-
-fn on_path(command: &str) -> bool {
-    std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(command).is_file()))
-        .unwrap_or(false)
-}
 
 /// `--storage-driver` for buildah and podman alike (they share root's container storage,
 /// which must be opened with the driver it was made with). `overlay` when this kernel mounts

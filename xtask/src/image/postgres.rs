@@ -12,13 +12,7 @@ use crate::Result;
 /// the server binaries the tests use; run as the `postgres` user when we are root, since
 /// PostgreSQL refuses to run as root.
 pub(super) fn start_postgres(work: &Path) -> Result<(std::process::Child, String)> {
-    let bin = std::fs::read_dir("/usr/lib/postgresql")
-        .ok()
-        .and_then(|dirs| {
-            dirs.flatten()
-                .map(|d| d.path().join("bin"))
-                .find(|b| b.join("initdb").is_file())
-        })
+    let bin = crate::packaged_postgres_bin()
         .ok_or("no PostgreSQL server binaries under /usr/lib/postgresql/*/bin (apt-get install postgresql)")?;
     let data = work.join("pg");
     std::fs::create_dir_all(&data).map_err(|e| e.to_string())?;
